@@ -1,0 +1,349 @@
+// Every registered kernel of every op, on every shape of the shared test sweep
+// (bench/shapes/*.csv, tag "test"), against the f64 reference:
+//   exact tier    small-integer inputs give bit-exact results (GEMM, conv2d);
+//   relative tier random normal inputs: max error <= 2x (3x for gradients) the error
+//                 of the naive f32-accumulating implementation + 1e-5;
+// with NaN-poisoned outputs, guard regions, untouched padding, run-to-run determinism,
+// and the >30%-zeros rule. Layout variants (transposes, padded leading dims, base
+// offsets, NHWC, broadcast batch, masks) rotate across the shapes.
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "tests/cpp/test_support.h"
+
+namespace anvil::test {
+namespace {
+
+constexpr double kFloor = 1e-5;
+
+std::string printable(const testing::TestParamInfo<std::string>& info) {
+  std::string s = info.param;
+  for (char& c : s)
+    if (!std::isalnum(static_cast<unsigned char>(c))) c = '_';
+  return s;
+}
+
+void expect_result(const HarnessResult& r, Values values, double factor, bool zeros_expected, const std::string& rep) {
+  ASSERT_TRUE(r.failure.empty()) << r.failure;
+  EXPECT_TRUE(r.guards_ok) << rep;
+  EXPECT_TRUE(r.deterministic) << "two runs differ bitwise\n" << rep;
+  if (!zeros_expected) EXPECT_FALSE(r.untrusted) << "more than 30% zeros: untrusted result\n" << rep;
+  if (values == Values::small_ints)
+    EXPECT_TRUE(r.bit_exact) << "exact tier: not bit-exact (max error " << r.kernel_error << ")\n" << rep;
+  else
+    EXPECT_LE(r.kernel_error, factor * r.naive_error + kFloor)
+        << "relative tier: error " << r.kernel_error << " vs naive " << r.naive_error << "\n" << rep;
+}
+
+// Logical (rows, cols) matrix, stored transposed or not, with padded leading dimension.
+TensorSpec matrix(const std::string& name, int64_t batch, int64_t rows, int64_t cols, bool transposed, int64_t pad,
+                  int64_t offset, TensorSpec::Role role = TensorSpec::input) {
+  std::vector<int64_t> stored = transposed ? std::vector<int64_t>{cols, rows} : std::vector<int64_t>{rows, cols};
+  if (batch != 1) stored.insert(stored.begin(), batch);
+  TensorSpec s = padded(name, stored, pad, offset, role);
+  if (transposed) {
+    const size_t r = s.shape.size() - 2;
+    std::swap(s.shape[r], s.shape[r + 1]);
+    std::swap(s.strides[r], s.strides[r + 1]);
+  }
+  return s;
+}
+
+// ------------------------------------------------------------------ GEMM
+class GemmKernel : public testing::TestWithParam<std::string> {};
+
+void run_gemm_sweep(const std::string& kernel, Values values) {
+  const DType dtype = dtype_of_kernel(kernel);
+  const auto shapes = load_shapes("gemm", "test");
+  ASSERT_GE(shapes.size(), 24u);
+  int index = 0;
+  for (const ShapeRow& row : shapes) {
+    const int i = index++;
+    const int64_t batch = as_int(row, "batch"), m = as_int(row, "m"), n = as_int(row, "n"), k = as_int(row, "k");
+    const bool ta = i % 4 & 1, tb = i % 4 & 2, bias = i % 2, broadcast_b = batch > 1 && i % 3 == 0;
+    const int64_t pad = i % 3, offset = (i % 2) * 5;
+    const double beta = std::array<double, 3>{0.0, 1.0, values == Values::small_ints ? 2.0 : 3.14}[size_t(i % 3)];
+    const double alpha = values == Values::small_ints ? 1.0 : 1.5;
+    std::vector<TensorSpec> specs = {
+        matrix("a", batch, m, k, ta, pad, offset), matrix("b", broadcast_b ? 1 : batch, k, n, tb, pad, 0),
+        matrix("c", batch, m, n, false, pad, offset, beta != 0 ? TensorSpec::in_out : TensorSpec::output)};
+    if (bias) specs.push_back(packed("bias", {n}));
+    const auto build = [&](const std::vector<TensorRef>& t) {
+      GemmArgs args{t[0], t[1], t[2], std::nullopt, alpha, beta};
+      if (bias) args.bias = t[3];
+      return args;
+    };
+    const uint64_t seed = 1000 + uint64_t(i);
+    const auto r = run_case<GemmArgs>(kernel, dtype, specs, values, seed, build);
+    const bool zeros_expected = m == 0 || n == 0 || k == 0 || batch == 0;
+    expect_result(r, values, 2.0, zeros_expected,
+                  repro(kernel, dtype, specs, seed, "alpha=" + std::to_string(alpha) + " beta=" + std::to_string(beta)));
+  }
+}
+
+TEST_P(GemmKernel, ExactTier) { run_gemm_sweep(GetParam(), Values::small_ints); }
+TEST_P(GemmKernel, RelativeTier) { run_gemm_sweep(GetParam(), Values::normal); }
+INSTANTIATE_TEST_SUITE_P(All, GemmKernel, testing::ValuesIn(kernel_names(Op::gemm)), printable);
+
+class GemmBackwardKernel : public testing::TestWithParam<std::string> {};
+
+void run_gemm_backward_sweep(const std::string& kernel, Values values) {
+  const DType dtype = dtype_of_kernel(kernel);
+  int index = 0;
+  for (const ShapeRow& row : load_shapes("gemm", "test")) {
+    const int i = index++;
+    const int64_t batch = as_int(row, "batch"), m = as_int(row, "m"), n = as_int(row, "n"), k = as_int(row, "k");
+    const bool ta = i % 4 & 1, tb = i % 4 & 2, broadcast_b = batch > 1 && i % 2 == 0;
+    const int64_t pad = i % 2;
+    const int64_t b_batch = broadcast_b ? 1 : batch;
+    std::vector<TensorSpec> specs = {matrix("a", batch, m, k, ta, pad, 3), matrix("b", b_batch, k, n, tb, pad, 0),
+                                     matrix("grad_c", batch, m, n, false, pad, 0),
+                                     matrix("grad_a", batch, m, k, false, 0, 0, TensorSpec::output),
+                                     matrix("grad_b", b_batch, k, n, false, 0, 0, TensorSpec::output),
+                                     packed("grad_bias", {n}, TensorSpec::output)};
+    const auto build = [&](const std::vector<TensorRef>& t) {
+      return GemmBackwardArgs{t[0], t[1], t[2], t[3], t[4], t[5], 1.0};
+    };
+    const uint64_t seed = 2000 + uint64_t(i);
+    const auto r = run_case<GemmBackwardArgs>(kernel, dtype, specs, values, seed, build);
+    expect_result(r, values, 3.0, m == 0 || n == 0 || k == 0, repro(kernel, dtype, specs, seed));
+  }
+}
+
+TEST_P(GemmBackwardKernel, ExactTier) { run_gemm_backward_sweep(GetParam(), Values::small_ints); }
+TEST_P(GemmBackwardKernel, RelativeTier) { run_gemm_backward_sweep(GetParam(), Values::normal); }
+INSTANTIATE_TEST_SUITE_P(All, GemmBackwardKernel, testing::ValuesIn(kernel_names(Op::gemm_backward)), printable);
+
+// ------------------------------------------------------------------ conv2d
+// Logical NCHW image in NCHW or NHWC memory.
+TensorSpec image(const std::string& name, int64_t n, int64_t c, int64_t h, int64_t w, bool nhwc,
+                 TensorSpec::Role role = TensorSpec::input) {
+  TensorSpec s = packed(name, {n, c, h, w}, role);
+  if (nhwc) {
+    const int64_t C = std::max<int64_t>(c, 1), H = std::max<int64_t>(h, 1), W = std::max<int64_t>(w, 1);
+    s.strides = {H * W * C, 1, W * C, C};
+  }
+  return s;
+}
+
+struct ConvCase {
+  int64_t n, c, h, w, k, r, s, groups;
+  Conv2dParams params;
+  int64_t p, q;
+};
+
+ConvCase conv_case(const ShapeRow& row) {
+  ConvCase cc{};
+  cc.n = as_int(row, "n"), cc.c = as_int(row, "c"), cc.h = as_int(row, "h"), cc.w = as_int(row, "w");
+  cc.k = as_int(row, "k"), cc.r = as_int(row, "r"), cc.s = as_int(row, "s"), cc.groups = as_int(row, "groups");
+  const int64_t stride = as_int(row, "stride"), pad = as_int(row, "pad"), dil = as_int(row, "dilation");
+  cc.params = {stride, stride, pad, pad, dil, dil, cc.groups};
+  cc.p = conv_output_size(cc.h, cc.r, stride, pad, dil);
+  cc.q = conv_output_size(cc.w, cc.s, stride, pad, dil);
+  return cc;
+}
+
+class Conv2dKernel : public testing::TestWithParam<std::string> {};
+
+void run_conv_sweep(const std::string& kernel, Values values) {
+  const DType dtype = dtype_of_kernel(kernel);
+  const auto shapes = load_shapes("conv2d", "test");
+  ASSERT_GE(shapes.size(), 24u);
+  int index = 0;
+  for (const ShapeRow& row : shapes)
+    for (bool nhwc : {false, true}) {
+      const int i = index++;
+      const ConvCase cc = conv_case(row);
+      const bool bias = i % 3 != 0;
+      std::vector<TensorSpec> specs = {image("input", cc.n, cc.c, cc.h, cc.w, nhwc),
+                                       image("weight", cc.k, cc.groups ? cc.c / cc.groups : 0, cc.r, cc.s, nhwc),
+                                       image("output", cc.n, cc.k, cc.p, cc.q, nhwc, TensorSpec::output)};
+      if (bias) specs.push_back(packed("bias", {cc.k}));
+      const auto build = [&](const std::vector<TensorRef>& t) {
+        Conv2dArgs args{t[0], t[1], t[2], std::nullopt, cc.params};
+        if (bias) args.bias = t[3];
+        return args;
+      };
+      const uint64_t seed = 3000 + uint64_t(i);
+      const auto r = run_case<Conv2dArgs>(kernel, dtype, specs, values, seed, build);
+      const bool zeros_expected = cc.n == 0 || cc.k == 0 || cc.c == 0;
+      expect_result(r, values, 2.0, zeros_expected,
+                    repro(kernel, dtype, specs, seed, row.at("name") + (nhwc ? " nhwc" : " nchw")));
+    }
+}
+
+TEST_P(Conv2dKernel, ExactTier) { run_conv_sweep(GetParam(), Values::small_ints); }
+TEST_P(Conv2dKernel, RelativeTier) { run_conv_sweep(GetParam(), Values::normal); }
+INSTANTIATE_TEST_SUITE_P(All, Conv2dKernel, testing::ValuesIn(kernel_names(Op::conv2d)), printable);
+
+class Conv2dBackwardKernel : public testing::TestWithParam<std::string> {};
+
+void run_conv_backward_sweep(const std::string& kernel, Values values) {
+  const DType dtype = dtype_of_kernel(kernel);
+  int index = 0;
+  for (const ShapeRow& row : load_shapes("conv2d", "test")) {
+    const int i = index++;
+    const bool nhwc = i % 2;
+    const ConvCase cc = conv_case(row);
+    std::vector<TensorSpec> specs = {image("grad_output", cc.n, cc.k, cc.p, cc.q, nhwc),
+                                     image("input", cc.n, cc.c, cc.h, cc.w, nhwc),
+                                     image("weight", cc.k, cc.groups ? cc.c / cc.groups : 0, cc.r, cc.s, nhwc),
+                                     image("grad_input", cc.n, cc.c, cc.h, cc.w, nhwc, TensorSpec::output),
+                                     image("grad_weight", cc.k, cc.groups ? cc.c / cc.groups : 0, cc.r, cc.s, nhwc,
+                                           TensorSpec::output),
+                                     packed("grad_bias", {cc.k}, TensorSpec::output)};
+    const auto build = [&](const std::vector<TensorRef>& t) {
+      return Conv2dBackwardArgs{t[0], t[1], t[2], t[3], t[4], t[5], cc.params};
+    };
+    const uint64_t seed = 4000 + uint64_t(i);
+    const auto r = run_case<Conv2dBackwardArgs>(kernel, dtype, specs, values, seed, build);
+    // Input pixels no filter tap reaches (stride > kernel span) legitimately get zero gradient.
+    const bool zeros_expected = cc.n == 0 || cc.k == 0 || cc.c == 0 || cc.params.stride_h > 1;
+    expect_result(r, values, 3.0, zeros_expected, repro(kernel, dtype, specs, seed, row.at("name")));
+  }
+}
+
+TEST_P(Conv2dBackwardKernel, ExactTier) { run_conv_backward_sweep(GetParam(), Values::small_ints); }
+TEST_P(Conv2dBackwardKernel, RelativeTier) { run_conv_backward_sweep(GetParam(), Values::normal); }
+INSTANTIATE_TEST_SUITE_P(All, Conv2dBackwardKernel, testing::ValuesIn(kernel_names(Op::conv2d_backward)), printable);
+
+// ------------------------------------------------------------------ attention
+struct AttentionCase {
+  int64_t b, h, hkv, lq, lk, e, ev;
+  bool causal;
+  int mask_kind;  // 0 none, 1 boolean (B, 1, Lq, Lk), 2 additive (Lq, Lk) with some -inf
+};
+
+AttentionCase attention_case(const ShapeRow& row, int i) {
+  AttentionCase c{};
+  c.b = as_int(row, "batch"), c.h = as_int(row, "heads"), c.hkv = as_int(row, "kv_heads");
+  c.lq = as_int(row, "seq_q"), c.lk = as_int(row, "seq_k"), c.e = as_int(row, "head_dim");
+  c.ev = i % 7 == 3 ? c.e / 2 + 1 : c.e;
+  c.causal = as_int(row, "causal") != 0;
+  c.mask_kind = c.causal ? 0 : i % 3;
+  return c;
+}
+
+void add_mask(std::vector<TensorSpec>& specs, const AttentionCase& c) {
+  if (c.mask_kind == 1) {
+    TensorSpec m = packed("mask", {c.b, 1, c.lq, c.lk});
+    m.dtype_override = DType::boolean;
+    m.generator = [](std::mt19937_64& rng) { return double(std::uniform_real_distribution<>(0, 1)(rng) < 0.8); };
+    specs.push_back(m);
+  } else if (c.mask_kind == 2) {
+    TensorSpec m = packed("mask", {c.lq, c.lk});
+    m.generator = [](std::mt19937_64& rng) {
+      const double u = std::uniform_real_distribution<>(0, 1)(rng);
+      return u < 0.05 ? -INFINITY : u - 0.5;
+    };
+    specs.push_back(m);
+  }
+}
+
+class AttentionKernel : public testing::TestWithParam<std::string> {};
+
+TEST_P(AttentionKernel, RelativeTier) {
+  const std::string kernel = GetParam();
+  const DType dtype = dtype_of_kernel(kernel);
+  const auto shapes = load_shapes("attention", "test");
+  ASSERT_GE(shapes.size(), 24u);
+  int index = 0;
+  for (const ShapeRow& row : shapes) {
+    const int i = index++;
+    const AttentionCase c = attention_case(row, i);
+    // q is stored (B, Lq, H, E) (the torch (B, L, H, E).transpose(1, 2) pattern) on odd cases.
+    TensorSpec q = packed("q", {c.b, c.h, c.lq, c.e});
+    if (i % 2) {
+      const int64_t H = std::max<int64_t>(c.h, 1), E = std::max<int64_t>(c.e, 1), L = std::max<int64_t>(c.lq, 1);
+      q.strides = {L * H * E, E, H * E, 1};
+    }
+    std::vector<TensorSpec> specs = {q, padded("k", {c.b, c.hkv, c.lk, c.e}, i % 3, 0),
+                                     packed("v", {c.b, c.hkv, c.lk, c.ev}),
+                                     packed("out", {c.b, c.h, c.lq, c.ev}, TensorSpec::output),
+                                     packed("lse", {c.b, c.h, c.lq}, TensorSpec::output)};
+    specs[4].dtype_override = DType::f32;
+    add_mask(specs, c);
+    const auto build = [&](const std::vector<TensorRef>& t) {
+      AttentionArgs args{t[0], t[1], t[2], t[3], t[4], std::nullopt, c.causal, std::nullopt};
+      if (c.mask_kind) args.mask = t[5];
+      return args;
+    };
+    const uint64_t seed = 5000 + uint64_t(i);
+    const auto r = run_case<AttentionArgs>(kernel, dtype, specs, Values::normal, seed, build);
+    const bool zeros_expected = c.b == 0 || c.lq == 0 || c.lk == 0 || c.h == 0;
+    expect_result(r, Values::normal, 2.0, zeros_expected, repro(kernel, dtype, specs, seed));
+  }
+}
+INSTANTIATE_TEST_SUITE_P(All, AttentionKernel, testing::ValuesIn(kernel_names(Op::attention)), printable);
+
+class AttentionBackwardKernel : public testing::TestWithParam<std::string> {};
+
+TEST_P(AttentionBackwardKernel, RelativeTier) {
+  const std::string kernel = GetParam();
+  const DType dtype = dtype_of_kernel(kernel);
+  int index = 0;
+  for (const ShapeRow& row : load_shapes("attention", "test")) {
+    const int i = index++;
+    const AttentionCase c = attention_case(row, i);
+    std::vector<TensorSpec> specs = {packed("q", {c.b, c.h, c.lq, c.e}),
+                                     packed("k", {c.b, c.hkv, c.lk, c.e}),
+                                     packed("v", {c.b, c.hkv, c.lk, c.ev}),
+                                     packed("out", {c.b, c.h, c.lq, c.ev}),
+                                     padded("grad_out", {c.b, c.h, c.lq, c.ev}, i % 2, 0),
+                                     packed("lse", {c.b, c.h, c.lq}),
+                                     packed("grad_q", {c.b, c.h, c.lq, c.e}, TensorSpec::output),
+                                     packed("grad_k", {c.b, c.hkv, c.lk, c.e}, TensorSpec::output),
+                                     packed("grad_v", {c.b, c.hkv, c.lk, c.ev}, TensorSpec::output)};
+    specs[5].dtype_override = DType::f32;
+    add_mask(specs, c);
+    const bool has_mask = c.mask_kind != 0;
+    const auto build = [&](const std::vector<TensorRef>& t) {
+      AttentionBackwardArgs args{t[0], t[1], t[2], t[3], t[4], t[5], std::nullopt, c.causal, std::nullopt,
+                                 t[6], t[7], t[8]};
+      if (has_mask) args.mask = t[9];
+      return args;
+    };
+    // out and lse are those of the forward on the same q, k, v (f64 reference).
+    const auto prepare = [&](std::vector<std::vector<double>>& vals) {
+      auto view = [&](size_t i, DType d, void* data) {
+        TensorRef t;
+        t.data = data;
+        t.dtype = d;
+        t.rank = int(specs[i].shape.size());
+        for (size_t j = 0; j < specs[i].shape.size(); ++j) {
+          t.shape[j] = specs[i].shape[j];
+          t.strides[j] = specs[i].strides[j];
+        }
+        t.offset = specs[i].offset;
+        return t;
+      };
+      std::vector<float> lse(vals[5].size());
+      std::vector<uint8_t> mask_bytes;
+      AttentionArgs fwd{view(0, DType::f64, vals[0].data()), view(1, DType::f64, vals[1].data()),
+                        view(2, DType::f64, vals[2].data()), view(3, DType::f64, vals[3].data()),
+                        view(5, DType::f32, lse.data()), std::nullopt, c.causal, std::nullopt};
+      if (has_mask) {
+        if (c.mask_kind == 1) {
+          for (double x : vals[9]) mask_bytes.push_back(x != 0 && !std::isnan(x));
+          fwd.mask = view(9, DType::boolean, mask_bytes.data());
+        } else {
+          fwd.mask = view(9, DType::f64, vals[9].data());
+        }
+      }
+      ScopedOverrides force({"", "attention.f64.reference"});
+      ASSERT_TRUE(attention(fwd).ok());
+      for (size_t j = 0; j < lse.size(); ++j) vals[5][j] = lse[j];
+    };
+    const uint64_t seed = 6000 + uint64_t(i);
+    const auto r = run_case<AttentionBackwardArgs>(kernel, dtype, specs, Values::normal, seed, build, prepare);
+    // seq_k == 1 makes softmax constant (dq = dk = 0); causal and masks leave keys unattended.
+    const bool zeros_expected = c.b == 0 || c.lq == 0 || c.lk <= 1 || c.h == 0 || c.causal || c.mask_kind;
+    expect_result(r, Values::normal, 3.0, zeros_expected, repro(kernel, dtype, specs, seed));
+  }
+}
+INSTANTIATE_TEST_SUITE_P(All, AttentionBackwardKernel, testing::ValuesIn(kernel_names(Op::attention_backward)),
+                         printable);
+
+}  // namespace
+}  // namespace anvil::test

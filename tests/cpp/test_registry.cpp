@@ -1,0 +1,212 @@
+// The dispatch registry: selection, overrides, explain, refusal reasons, thread safety.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <regex>
+#include <thread>
+
+#include "dispatch/registry.h"
+#include "tests/cpp/test_support.h"
+
+namespace anvil::test {
+namespace {
+
+struct SmallGemm {
+  std::vector<float> a = std::vector<float>(6, 1.0f), b = std::vector<float>(6, 2.0f), c = std::vector<float>(4, NAN);
+  GemmArgs args() {
+    return {TensorRef::contiguous(a.data(), DType::f32, {2, 3}), TensorRef::contiguous(b.data(), DType::f32, {3, 2}),
+            TensorRef::contiguous(c.data(), DType::f32, {2, 2})};
+  }
+};
+
+TEST(Registry, KernelNamesAreParseable) {
+  const std::regex pattern(R"(^(gemm|gemm_backward|conv2d|conv2d_backward|attention|attention_backward)\.(f32|f16|bf16|f64)\.[a-z0-9_]+(\.[A-Za-z0-9_x]+)?$)");
+  const auto all = kernels();
+  ASSERT_FALSE(all.empty());
+  for (const KernelInfo& k : all) {
+    EXPECT_TRUE(std::regex_match(k.name, pattern)) << k.name;
+    EXPECT_EQ(k.name.substr(0, k.name.find('.')), op_name(k.op));
+    EXPECT_EQ(dtype_of_kernel(k.name), k.dtype) << k.name;
+  }
+  // Every op has a reference kernel for every reference dtype.
+  for (Op op : {Op::gemm, Op::gemm_backward, Op::conv2d, Op::conv2d_backward, Op::attention, Op::attention_backward})
+    for (const char* d : {"f32", "f16", "bf16", "f64"}) {
+      const std::string name = std::string(op_name(op)) + "." + d + ".reference";
+      EXPECT_TRUE(std::any_of(all.begin(), all.end(), [&](const KernelInfo& k) { return k.name == name; })) << name;
+    }
+}
+
+TEST(Registry, TablesAreInPriorityOrder) {
+  const auto all = kernels();
+  for (size_t i = 1; i < all.size(); ++i)
+    if (all[i].op == all[i - 1].op) EXPECT_GE(all[i - 1].priority, all[i].priority) << all[i].name;
+}
+
+TEST(Registry, SelectsAKernelForHostF32) {
+  SmallGemm g;
+  std::string name;
+  ASSERT_TRUE(select_kernel(g.args(), &name).ok());
+  EXPECT_EQ(name.substr(0, 9), "gemm.f32.");
+  ASSERT_TRUE(gemm(g.args()).ok());
+  for (float x : g.c) EXPECT_EQ(x, 6.0f);
+}
+
+TEST(Registry, RefusesOperandsOnADeviceNoBackendRuns) {
+  SmallGemm g;
+  GemmArgs args = g.args();
+  for (TensorRef* t : {&args.a, &args.b, &args.c}) t->device = {DeviceType::hip, 0};
+  const Status s = gemm(args);
+  EXPECT_EQ(s.code(), StatusCode::unsupported);
+  EXPECT_NE(s.message().find("does not run on hip memory"), std::string::npos) << s.message();
+  EXPECT_TRUE(std::isnan(g.c[0]));  // nothing written
+}
+
+TEST(Registry, ForcedKernelRunsAndRefusalIsAnErrorNotAFallback) {
+  SmallGemm g;
+  {
+    ScopedOverrides force({"", "gemm.f32.reference"});
+    ASSERT_TRUE(force.status().ok());
+    std::string name;
+    ASSERT_TRUE(select_kernel(g.args(), &name).ok());
+    EXPECT_EQ(name, "gemm.f32.reference");
+  }
+  // A forced kernel for another dtype: the call fails and says why.
+  std::vector<uint16_t> a(6), b(6), c(4, 0x7e00);
+  GemmArgs half{TensorRef::contiguous(a.data(), DType::f16, {2, 3}), TensorRef::contiguous(b.data(), DType::f16, {3, 2}),
+                TensorRef::contiguous(c.data(), DType::f16, {2, 2})};
+  ScopedOverrides force({"", "gemm.f32.reference"});
+  std::string name;
+  const Status s = select_kernel(half, &name);
+  // No kernel forced for gemm.f16: the f16 call selects normally.
+  EXPECT_TRUE(s.ok()) << s.message();
+  ScopedOverrides force_other({"", "gemm.f16.reference"});
+  // A forced kernel that refuses: devices it cannot run on.
+  for (TensorRef* t : {&half.a, &half.b, &half.c}) t->device = {DeviceType::cuda, 0};
+  const Status refused = gemm(half);
+  EXPECT_EQ(refused.code(), StatusCode::unsupported);
+  EXPECT_NE(refused.message().find("forced kernel gemm.f16.reference refuses this call"), std::string::npos)
+      << refused.message();
+  EXPECT_EQ(c[0], 0x7e00);
+}
+
+TEST(Registry, UnknownOverrideNamesListTheValidOnes) {
+  Status s = set_overrides({"no_such_backend", ""});
+  EXPECT_EQ(s.code(), StatusCode::not_found);
+  EXPECT_NE(s.message().find("valid backends in this build: reference"), std::string::npos) << s.message();
+  s = set_overrides({"", "gemm.f32.nope"});
+  EXPECT_EQ(s.code(), StatusCode::not_found);
+  EXPECT_NE(s.message().find("gemm.f32.reference"), std::string::npos) << s.message();
+  s = set_overrides({"", "gemm.f32.reference,gemm.f32.reference"});
+  EXPECT_EQ(s.code(), StatusCode::invalid_argument);
+  EXPECT_TRUE(set_overrides({"", ""}).ok());
+}
+
+TEST(Registry, ForcedBackendNarrowsSelection) {
+  SmallGemm g;
+  ScopedOverrides force({"reference", ""});
+  ASSERT_TRUE(force.status().ok());
+  std::string name;
+  ASSERT_TRUE(select_kernel(g.args(), &name).ok());
+  EXPECT_EQ(name, "gemm.f32.reference");
+  EXPECT_NE(explain(g.args()).find("overrides: forced backend reference"), std::string::npos);
+}
+
+TEST(Registry, ScopedOverridesRestore) {
+  ASSERT_TRUE(set_overrides({"", ""}).ok());
+  {
+    ScopedOverrides outer({"reference", ""});
+    {
+      ScopedOverrides inner({"", "conv2d.f32.reference"});
+      EXPECT_EQ(current_overrides().kernels, "conv2d.f32.reference");
+    }
+    EXPECT_EQ(current_overrides().backend, "reference");
+  }
+  EXPECT_EQ(current_overrides().backend, "");
+}
+
+TEST(Registry, ExplainListsEveryCandidateWithAVerdict) {
+  SmallGemm g;
+  const std::string text = explain(g.args());
+  EXPECT_NE(text.find("gemm f32 on host:0"), std::string::npos) << text;
+  EXPECT_NE(text.find("taken   gemm.f32."), std::string::npos) << text;
+  for (const std::string& name : kernel_names(Op::gemm))
+    if (dtype_of_kernel(name) == DType::f32) EXPECT_NE(text.find(name), std::string::npos) << name << "\n" << text;
+  // Refusals carry a reason.
+  GemmArgs on_gpu = g.args();
+  for (TensorRef* t : {&on_gpu.a, &on_gpu.b, &on_gpu.c}) t->device = {DeviceType::cuda, 0};
+  const std::string refused = explain(on_gpu);
+  EXPECT_NE(refused.find("refused gemm.f32.reference"), std::string::npos) << refused;
+  EXPECT_NE(refused.find("does not run on cuda memory"), std::string::npos) << refused;
+  EXPECT_NE(refused.find("error: no kernel can run this call"), std::string::npos) << refused;
+  // An invalid call says so instead of listing candidates.
+  GemmArgs bad = g.args();
+  bad.b.shape[0] = 4;
+  EXPECT_NE(explain(bad).find("invalid call"), std::string::npos);
+}
+
+TEST(Registry, AutotuneHookCanReorderAcceptableCandidates) {
+  SmallGemm g;
+  std::atomic<int> calls{0};
+  dispatch::set_autotune_hook<GemmArgs>(
+      [&](const GemmArgs&, const std::vector<const dispatch::KernelRecord<GemmArgs>*>& acceptable) {
+        ++calls;
+        EXPECT_FALSE(acceptable.empty());
+        return int(acceptable.size()) - 1;  // the last acceptable one
+      });
+  std::string name;
+  ASSERT_TRUE(select_kernel(g.args(), &name).ok());
+  EXPECT_EQ(calls.load(), 1);
+  EXPECT_EQ(name, "gemm.f32.reference");  // the last acceptable candidate is the oracle
+  dispatch::set_autotune_hook<GemmArgs>(nullptr);
+}
+
+TEST(Registry, ConcurrentCallsAndOverrideChangesAreSafe) {
+  std::atomic<int> failures{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t)
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < 200; ++i) {
+        SmallGemm g;
+        if (t == 0 && i % 10 == 0) (void)set_overrides({i % 20 ? "reference" : "", ""});
+        if (!gemm(g.args()).ok() || g.c[3] != 6.0f) ++failures;
+        (void)explain(g.args());
+      }
+    });
+  for (auto& th : threads) th.join();
+  (void)set_overrides({"", ""});
+  EXPECT_EQ(failures.load(), 0);
+}
+
+TEST(Registry, BackendsReportAvailability) {
+  const auto list = backends();
+  ASSERT_FALSE(list.empty());
+  EXPECT_EQ(list[0].name, "reference");
+  EXPECT_TRUE(list[0].available);
+}
+
+// Run by ctest with ANVIL_KERNEL / ANVIL_BACKEND set (see tests/CMakeLists.txt).
+TEST(EnvOverride, InvalidNamesFailEveryCall) {
+  const char* kernel = std::getenv("ANVIL_KERNEL");
+  if (!kernel || std::string(kernel) != "gemm.f32.bogus") GTEST_SKIP() << "run by ctest with ANVIL_KERNEL=gemm.f32.bogus";
+  SmallGemm g;
+  const Status s = gemm(g.args());
+  EXPECT_EQ(s.code(), StatusCode::not_found);
+  EXPECT_NE(s.message().find("ANVIL_KERNEL: unknown kernel 'gemm.f32.bogus'"), std::string::npos) << s.message();
+  EXPECT_NE(s.message().find("gemm.f32.reference"), std::string::npos);
+  EXPECT_TRUE(std::isnan(g.c[0]));
+}
+
+TEST(EnvOverride, ValidKernelIsForced) {
+  const char* kernel = std::getenv("ANVIL_KERNEL");
+  if (!kernel || std::string(kernel) != "gemm.f32.reference") GTEST_SKIP() << "run by ctest with ANVIL_KERNEL=gemm.f32.reference";
+  SmallGemm g;
+  EXPECT_NE(explain(g.args()).find("overrides: forced kernel gemm.f32.reference"), std::string::npos);
+  ASSERT_TRUE(gemm(g.args()).ok());
+  // The API takes precedence over the environment, field by field.
+  ScopedOverrides api({"", "gemm.f32.reference"});
+  EXPECT_TRUE(api.status().ok());
+}
+
+}  // namespace
+}  // namespace anvil::test
