@@ -30,7 +30,7 @@ DType dtype_of(const at::Tensor& t, const char* op, const char* name) {
   }
 }
 
-Device device_of(const at::Tensor& t) {
+Device anvil_device_of(const at::Tensor& t) {
   const int index = t.device().has_index() ? t.device().index() : 0;
   switch (t.device().type()) {
     case at::kCPU: return {DeviceType::host, 0};
@@ -50,7 +50,7 @@ TensorRef ref(const at::Tensor& t, const char* op, const char* name) {
     r.shape[i] = t.size(i);
     r.strides[i] = t.stride(i);
   }
-  r.device = device_of(t);
+  r.device = anvil_device_of(t);
   return r;
 }
 
@@ -192,8 +192,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gemm_backward(const at::Tensor& g
   args.a = ab.ref;
   args.b = bb.ref;
   args.grad_c = ref(grad_3d, "gemm_backward", "grad");
-  const at::Tensor none = at::empty({0}, a.options());
-  at::Tensor ga = none, gb = none, gbias = none;
+  // Unrequested gradients are distinct empty tensors (outputs must not alias each other).
+  at::Tensor ga = at::empty({0}, a.options()), gb = at::empty({0}, a.options()), gbias = at::empty({0}, a.options());
   if (mask[0]) {
     ga = operand_gradient_buffer(args.a, a);
     args.grad_a = ref(ga, "gemm_backward", "grad_a");
@@ -269,8 +269,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward(
   args.input = ref(input, "conv2d_backward", "input");
   args.weight = ref(weight, "conv2d_backward", "weight");
   args.params = conv_params(stride, padding, dilation, groups, "conv2d_backward");
-  const at::Tensor none = at::empty({0}, input.options());
-  at::Tensor gi = none, gw = none, gbias = none;
+  at::Tensor gi = at::empty({0}, input.options()), gw = at::empty({0}, input.options()),
+             gbias = at::empty({0}, input.options());
   if (mask[0]) {
     gi = at::empty(input.sizes(), input.options().memory_format(input.suggest_memory_format()));
     args.grad_input = ref(gi, "conv2d_backward", "grad_input");

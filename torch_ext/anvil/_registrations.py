@@ -22,11 +22,10 @@ def _gemm_fake(a, b, bias=None):
 
 @torch.library.register_fake("anvil::gemm_backward")
 def _gemm_backward_fake(grad, a, b, output_mask):
-    none = a.new_empty((0,))
     return (
-        a.new_empty(a.shape) if output_mask[0] else none,
-        b.new_empty(b.shape) if output_mask[1] else none,
-        a.new_empty((b.shape[-1],)) if output_mask[2] else none,
+        a.new_empty(a.shape) if output_mask[0] else a.new_empty((0,)),
+        b.new_empty(b.shape) if output_mask[1] else a.new_empty((0,)),
+        a.new_empty((b.shape[-1],)) if output_mask[2] else a.new_empty((0,)),
     )
 
 
@@ -54,14 +53,13 @@ def _conv2d_fake(input, weight, bias=None, stride=(1, 1), padding=(0, 0), dilati
 
 @torch.library.register_fake("anvil::conv2d_backward")
 def _conv2d_backward_fake(grad_output, input, weight, stride, padding, dilation, groups, output_mask):
-    none = input.new_empty((0,))
     grad_input = (
         torch.empty(input.shape, dtype=input.dtype, device=input.device, memory_format=suggest_memory_format(input))
         if output_mask[0]
-        else none
+        else input.new_empty((0,))
     )
-    grad_weight = weight.new_empty(weight.shape) if output_mask[1] else none
-    grad_bias = weight.new_empty((weight.shape[0],)) if output_mask[2] else none
+    grad_weight = weight.new_empty(weight.shape) if output_mask[1] else input.new_empty((0,))
+    grad_bias = weight.new_empty((weight.shape[0],)) if output_mask[2] else input.new_empty((0,))
     return grad_input, grad_weight, grad_bias
 
 

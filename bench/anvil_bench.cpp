@@ -1,0 +1,280 @@
+// anvil-bench: anvil's kernels and the reference libraries on the same shapes, in one
+// process, so that ratios (not absolute times) carry the result.
+//
+// Shapes come from bench/shapes/*.csv (shared with the tests). Every benchmark checks a
+// sample of its first result against an f64 computation before it times anything and
+// refuses to report a number for a wrong kernel. Run with
+//   --benchmark_repetitions=10 --benchmark_enable_random_interleaving=true
+// (what ci/run-provider does) so that implementations alternate and medians compare.
+//
+// Own flags: --shapes-dir=DIR, --ops=gemm,conv2d,attention,
+//            --max-reference-gflop=X (reference kernels above X GFLOP are not timed; 0.1)
+#include <benchmark/benchmark.h>
+
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <memory>
+#include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "anvil/anvil.h"
+
+#ifdef ANVIL_BENCH_OPENBLAS
+#include <cblas.h>
+#endif
+
+namespace {
+
+using Row = std::map<std::string, std::string>;
+
+struct Options {
+  std::string shapes_dir = ANVIL_SHAPES_DIR;
+  std::string ops = "gemm,conv2d,attention";
+  double max_reference_gflop = 0.1;
+};
+Options options;
+
+std::vector<Row> load_shapes(const std::string& name, const std::vector<std::string>& tags) {
+  std::ifstream in(options.shapes_dir + "/" + name + ".csv");
+  std::vector<std::string> header;
+  std::vector<Row> rows;
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.empty() || line[0] == '#') continue;
+    std::vector<std::string> cells;
+    std::stringstream ss(line);
+    std::string cell;
+    while (std::getline(ss, cell, ',')) cells.push_back(cell);
+    if (header.empty()) {
+      header = cells;
+      continue;
+    }
+    Row row;
+    for (size_t i = 0; i < header.size() && i < cells.size(); ++i) row[header[i]] = cells[i];
+    for (const std::string& tag : tags)
+      if (row["tags"] == tag) rows.push_back(row);
+  }
+  return rows;
+}
+int64_t num(const Row& r, const char* key) { return std::stoll(r.at(key)); }
+
+std::vector<float> random_floats(size_t n, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> d(0.0f, 1.0f);
+  std::vector<float> v(n);
+  for (float& x : v) x = d(rng);
+  return v;
+}
+
+// Sampled check of a result against f64 sums: `exact(i, &bound)` returns the exact value
+// of output element i and the sum of absolute terms, which bounds f32 rounding error.
+bool spot_check(const float* out, size_t count, const std::function<double(size_t, double*)>& exact,
+                std::string* why) {
+  std::mt19937_64 rng(7);
+  for (int s = 0; s < 64 && count > 0; ++s) {
+    const size_t i = size_t(rng() % count);
+    double bound = 0;
+    const double want = exact(i, &bound);
+    if (!(std::abs(double(out[i]) - want) <= 1e-4 * bound + 1e-5)) {
+      *why = "element " + std::to_string(i) + " is " + std::to_string(out[i]) + ", expected " + std::to_string(want);
+      return false;
+    }
+  }
+  return true;
+}
+
+bool too_large_for(const std::string& kernel, double flops) {
+  return kernel.find(".reference") != std::string::npos && flops > options.max_reference_gflop * 1e9;
+}
+
+void set_flops(benchmark::State& state, double flops) {
+  state.counters["FLOPS"] = benchmark::Counter(flops, benchmark::Counter::kIsIterationInvariantRate);
+}
+
+// ------------------------------------------------------------------ GEMM
+struct GemmData {
+  int64_t m, n, k;
+  std::vector<float> a, b, c;
+  GemmData(int64_t m_, int64_t n_, int64_t k_)
+      : m(m_), n(n_), k(k_), a(random_floats(size_t(m * k), 1)), b(random_floats(size_t(k * n), 2)),
+        c(size_t(m * n), NAN) {}
+  anvil::GemmArgs args() {
+    return anvil::gemm_args_row_major(anvil::DType::f32, anvil::Transpose::no, anvil::Transpose::no, m, n, k, 1.0,
+                                      a.data(), k, b.data(), n, 0.0, c.data(), n);
+  }
+  bool check(std::string* why) const {
+    return spot_check(c.data(), c.size(), [&](size_t idx, double* bound) {
+      const int64_t i = int64_t(idx) / n, j = int64_t(idx) % n;
+      double sum = 0;
+      for (int64_t p = 0; p < k; ++p) {
+        const double t = double(a[size_t(i * k + p)]) * double(b[size_t(p * n + j)]);
+        sum += t;
+        *bound += std::abs(t);
+      }
+      return sum;
+    }, why);
+  }
+};
+
+void register_gemm() {
+  for (const Row& row : load_shapes("gemm", {"small", "square", "llm", "skinny"})) {
+    const int64_t m = num(row, "m"), n = num(row, "n"), k = num(row, "k");
+    const std::string shape = std::to_string(m) + "x" + std::to_string(n) + "x" + std::to_string(k);
+    const double flops = 2.0 * double(m) * double(n) * double(k);
+    auto data = std::make_shared<GemmData>(m, n, k);
+    std::string kernel;
+    if (!anvil::select_kernel(data->args(), &kernel).ok()) continue;
+    if (too_large_for(kernel, flops)) {
+      std::fprintf(stderr, "anvil-bench: gemm %s: %s not timed (reference kernel, %.1f GFLOP)\n", shape.c_str(),
+                   kernel.c_str(), flops * 1e-9);
+    } else {
+      benchmark::RegisterBenchmark(("gemm/" + shape + "/anvil:" + kernel).c_str(), [=](benchmark::State& state) {
+        std::string why;
+        if (!anvil::gemm(data->args()).ok() || !data->check(&why)) return state.SkipWithError(("wrong result: " + why).c_str());
+        for (auto _ : state) benchmark::DoNotOptimize(anvil::gemm(data->args()));
+        set_flops(state, flops);
+      })->Unit(benchmark::kMillisecond)->UseRealTime();
+    }
+#ifdef ANVIL_BENCH_OPENBLAS
+    benchmark::RegisterBenchmark(("gemm/" + shape + "/openblas").c_str(), [=](benchmark::State& state) {
+      auto run = [&] {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(m), int(n), int(k), 1.0f, data->a.data(), int(k),
+                    data->b.data(), int(n), 0.0f, data->c.data(), int(n));
+      };
+      run();
+      std::string why;
+      if (!data->check(&why)) return state.SkipWithError(("wrong result: " + why).c_str());
+      for (auto _ : state) run();
+      set_flops(state, flops);
+    })->Unit(benchmark::kMillisecond)->UseRealTime();
+#endif
+  }
+}
+
+// ------------------------------------------------------------------ conv2d (NHWC, f32)
+void register_conv2d() {
+  for (int64_t batch : {1, 8})
+    for (const Row& row : load_shapes("conv2d", {"resnet50"})) {
+      const int64_t n = batch, c = num(row, "c"), h = num(row, "h"), w = num(row, "w"), k = num(row, "k");
+      const int64_t r = num(row, "r"), s = num(row, "s"), stride = num(row, "stride"), pad = num(row, "pad");
+      const int64_t p = anvil::conv_output_size(h, r, stride, pad, 1), q = anvil::conv_output_size(w, s, stride, pad, 1);
+      const double flops = 2.0 * double(n * k * p * q) * double(c * r * s);
+      struct Data {
+        std::vector<float> in, wt, out;
+      };
+      auto d = std::make_shared<Data>(Data{random_floats(size_t(n * c * h * w), 3), random_floats(size_t(k * c * r * s), 4),
+                                           std::vector<float>(size_t(n * k * p * q), NAN)});
+      auto args = [=] {
+        anvil::Conv2dArgs a;
+        a.input = anvil::image_tensor(d->in.data(), anvil::DType::f32, anvil::Layout::nhwc, n, c, h, w);
+        // weight (K, C, R, S) stored KRSC, as torch channels_last
+        a.weight = anvil::TensorRef::strided(d->wt.data(), anvil::DType::f32, {k, c, r, s}, {r * s * c, 1, s * c, c});
+        a.output = anvil::image_tensor(d->out.data(), anvil::DType::f32, anvil::Layout::nhwc, n, k, p, q);
+        a.params = {stride, stride, pad, pad, 1, 1, 1};
+        return a;
+      };
+      std::string kernel;
+      if (!anvil::select_kernel(args(), &kernel).ok()) continue;
+      const std::string name = "conv2d/" + row.at("name") + "-n" + std::to_string(n) + "/anvil:" + kernel;
+      if (too_large_for(kernel, flops)) {
+        std::fprintf(stderr, "anvil-bench: %s not timed (reference kernel, %.1f GFLOP)\n", name.c_str(), flops * 1e-9);
+        continue;
+      }
+      benchmark::RegisterBenchmark(name.c_str(), [=](benchmark::State& state) {
+        if (!anvil::conv2d(args()).ok()) return state.SkipWithError("conv2d failed");
+        std::string why;
+        const bool ok = spot_check(d->out.data(), d->out.size(), [&](size_t idx, double* bound) {
+          const int64_t kk = int64_t(idx) % k, x = int64_t(idx) / k % q, y = int64_t(idx) / (k * q) % p,
+                        nn = int64_t(idx) / (k * q * p);
+          double sum = 0;
+          for (int64_t rr = 0; rr < r; ++rr)
+            for (int64_t ss = 0; ss < s; ++ss) {
+              const int64_t iy = y * stride - pad + rr, ix = x * stride - pad + ss;
+              if (iy < 0 || iy >= h || ix < 0 || ix >= w) continue;
+              for (int64_t cc = 0; cc < c; ++cc) {
+                const double t = double(d->in[size_t(((nn * h + iy) * w + ix) * c + cc)]) *
+                                 double(d->wt[size_t(((kk * r + rr) * s + ss) * c + cc)]);
+                sum += t;
+                *bound += std::abs(t);
+              }
+            }
+          return sum;
+        }, &why);
+        if (!ok) return state.SkipWithError(("wrong result: " + why).c_str());
+        for (auto _ : state) benchmark::DoNotOptimize(anvil::conv2d(args()));
+        set_flops(state, flops);
+      })->Unit(benchmark::kMillisecond)->UseRealTime();
+    }
+}
+
+// ------------------------------------------------------------------ attention (f32)
+void register_attention() {
+  for (const Row& row : load_shapes("attention", {"bench"})) {
+    const int64_t b = num(row, "batch"), h = num(row, "heads"), hkv = num(row, "kv_heads"), lq = num(row, "seq_q"),
+                  lk = num(row, "seq_k"), e = num(row, "head_dim");
+    const bool causal = num(row, "causal") != 0;
+    const double flops = 4.0 * double(b * h) * double(lq) * double(lk) * double(e) * (causal ? 0.5 : 1.0);
+    struct Data {
+      std::vector<float> q, k, v, out;
+    };
+    auto d = std::make_shared<Data>(Data{random_floats(size_t(b * h * lq * e), 5), random_floats(size_t(b * hkv * lk * e), 6),
+                                         random_floats(size_t(b * hkv * lk * e), 7), std::vector<float>(size_t(b * h * lq * e), NAN)});
+    auto args = [=] {
+      anvil::AttentionArgs a;
+      a.q = anvil::TensorRef::contiguous(d->q.data(), anvil::DType::f32, {b, h, lq, e});
+      a.k = anvil::TensorRef::contiguous(d->k.data(), anvil::DType::f32, {b, hkv, lk, e});
+      a.v = anvil::TensorRef::contiguous(d->v.data(), anvil::DType::f32, {b, hkv, lk, e});
+      a.out = anvil::TensorRef::contiguous(d->out.data(), anvil::DType::f32, {b, h, lq, e});
+      a.causal = causal;
+      return a;
+    };
+    std::string kernel;
+    if (!anvil::select_kernel(args(), &kernel).ok()) continue;
+    const std::string name = "attention/b" + std::to_string(b) + "h" + std::to_string(h) + "s" + std::to_string(lq) +
+                             "d" + std::to_string(e) + (causal ? "c" : "") + "/anvil:" + kernel;
+    if (too_large_for(kernel, flops)) {
+      std::fprintf(stderr, "anvil-bench: %s not timed (reference kernel, %.1f GFLOP)\n", name.c_str(), flops * 1e-9);
+      continue;
+    }
+    benchmark::RegisterBenchmark(name.c_str(), [=](benchmark::State& state) {
+      if (!anvil::attention(args()).ok()) return state.SkipWithError("attention failed");
+      for (auto _ : state) benchmark::DoNotOptimize(anvil::attention(args()));
+      set_flops(state, flops);
+    })->Unit(benchmark::kMillisecond)->UseRealTime();
+  }
+}
+
+bool take_flag(const std::string& arg, const std::string& name, std::string* value) {
+  const std::string prefix = "--" + name + "=";
+  if (arg.rfind(prefix, 0) != 0) return false;
+  *value = arg.substr(prefix.size());
+  return true;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  benchmark::Initialize(&argc, argv);
+  for (int i = 1; i < argc; ++i) {
+    std::string value;
+    if (take_flag(argv[i], "shapes-dir", &value)) options.shapes_dir = value;
+    else if (take_flag(argv[i], "ops", &value)) options.ops = value;
+    else if (take_flag(argv[i], "max-reference-gflop", &value)) options.max_reference_gflop = std::stod(value);
+    else {
+      std::fprintf(stderr, "anvil-bench: unknown flag %s\n", argv[i]);
+      return 2;
+    }
+  }
+  const auto wants = [](const char* op) { return ("," + options.ops + ",").find(std::string(",") + op + ",") != std::string::npos; };
+  if (wants("gemm")) register_gemm();
+  if (wants("conv2d")) register_conv2d();
+  if (wants("attention")) register_attention();
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}
