@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs what anvil's build, tests and benchmark need, from Debian packages and PyPI
+# only. Idempotent: installed packages are skipped. Run as root (or with sudo present).
+set -euo pipefail
+
+apt_packages=(cmake ninja-build ccache g++ pkg-config
+              libgtest-dev libgmock-dev libbenchmark-dev libopenblas-dev
+              ocl-icd-opencl-dev opencl-headers pocl-opencl-icd)
+pip_packages=(torch numpy pytest scikit-build-core matplotlib expecttest)
+
+missing=()
+command -v python3 >/dev/null || missing+=(python3 python3-pip python3-dev)
+for p in "${apt_packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "install-deps: apt-get install ${missing[*]}"
+  sudo_cmd=""
+  [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+python3=${PYTHON:-python3}
+pip_missing=()
+command -v python3 >/dev/null || missing+=(python3 python3-pip python3-dev)
+for p in "${pip_packages[@]}"; do
+  "$python3" -m pip show -q "$p" >/dev/null 2>&1 || pip_missing+=("$p")
+done
+if ((${#pip_missing[@]})); then
+  echo "install-deps: pip install ${pip_missing[*]}"
+  "$python3" -m pip install -q "${pip_missing[@]}"
+fi
+echo "install-deps: all dependencies present"
