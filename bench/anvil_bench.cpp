@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "anvil/anvil.h"
+#include "bench/shape_file.h"
 
 #ifdef ANVIL_BENCH_OPENBLAS
 #include <cblas.h>
@@ -30,7 +31,7 @@
 
 namespace {
 
-using Row = std::map<std::string, std::string>;
+using Row = anvil::shapes::Row;
 
 struct Options {
   std::string shapes_dir = ANVIL_SHAPES_DIR;
@@ -40,26 +41,7 @@ struct Options {
 Options options;
 
 std::vector<Row> load_shapes(const std::string& name, const std::vector<std::string>& tags) {
-  std::ifstream in(options.shapes_dir + "/" + name + ".csv");
-  std::vector<std::string> header;
-  std::vector<Row> rows;
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.empty() || line[0] == '#') continue;
-    std::vector<std::string> cells;
-    std::stringstream ss(line);
-    std::string cell;
-    while (std::getline(ss, cell, ',')) cells.push_back(cell);
-    if (header.empty()) {
-      header = cells;
-      continue;
-    }
-    Row row;
-    for (size_t i = 0; i < header.size() && i < cells.size(); ++i) row[header[i]] = cells[i];
-    for (const std::string& tag : tags)
-      if (row["tags"] == tag) rows.push_back(row);
-  }
-  return rows;
+  return anvil::shapes::load(options.shapes_dir + "/" + name + ".csv", tags);
 }
 int64_t num(const Row& r, const char* key) { return std::stoll(r.at(key)); }
 

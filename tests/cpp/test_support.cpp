@@ -6,6 +6,7 @@
 #include <sstream>
 #include <stdexcept>
 
+#include "bench/shape_file.h"
 #include "kernels/common/reference_naive.h"
 
 namespace anvil::test {
@@ -58,26 +59,8 @@ bool Buffer::guards_intact() const {
 // ------------------------------------------------------------------ shape files
 std::vector<ShapeRow> load_shapes(const std::string& name, const std::string& tag) {
   const std::string path = std::string(ANVIL_SHAPES_DIR) + "/" + name + ".csv";
-  std::ifstream in(path);
-  if (!in) throw std::runtime_error("cannot open shape file " + path);
-  std::vector<std::string> header;
-  std::vector<ShapeRow> rows;
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.empty() || line[0] == '#') continue;
-    std::vector<std::string> cells;
-    std::stringstream ss(line);
-    std::string cell;
-    while (std::getline(ss, cell, ',')) cells.push_back(cell);
-    if (header.empty()) {
-      header = cells;
-      continue;
-    }
-    ShapeRow row;
-    for (size_t i = 0; i < header.size() && i < cells.size(); ++i) row[header[i]] = cells[i];
-    if (tag.empty() || (" " + row["tags"] + " ").find(" " + tag + " ") != std::string::npos) rows.push_back(row);
-  }
-  return rows;
+  if (!std::ifstream(path)) throw std::runtime_error("cannot open shape file " + path);
+  return shapes::load(path, tag.empty() ? std::vector<std::string>{} : std::vector<std::string>{tag});
 }
 
 int64_t as_int(const ShapeRow& row, const std::string& column) {

@@ -40,7 +40,7 @@ class Buffer {
 };
 
 // Shape rows from bench/shapes/<name>.csv (shared with anvil-bench): column -> value.
-using ShapeRow = std::map<std::string, std::string>;
+using ShapeRow = std::map<std::string, std::string>;  // same as anvil::shapes::Row
 std::vector<ShapeRow> load_shapes(const std::string& name, const std::string& tag);
 int64_t as_int(const ShapeRow& row, const std::string& column);
 
