@@ -7,7 +7,7 @@
 //   --benchmark_repetitions=10 --benchmark_enable_random_interleaving=true
 // (what ci/run-provider does) so that implementations alternate and medians compare.
 //
-// Own flags: --shapes-dir=DIR, --ops=gemm,conv2d,attention,
+// Own flags: --shapes-dir=DIR, --ops=peak,gemm,conv2d,attention,
 //            --max-reference-gflop=X (reference kernels above X GFLOP are not timed; 0.1)
 #include <benchmark/benchmark.h>
 
@@ -28,6 +28,11 @@
 #ifdef ANVIL_BENCH_OPENBLAS
 #include <cblas.h>
 #endif
+#include <omp.h>
+
+namespace anvil::bench {
+double fma_loop_avx512(int64_t iterations, float* sink);
+}
 
 namespace {
 
@@ -35,7 +40,7 @@ using Row = anvil::shapes::Row;
 
 struct Options {
   std::string shapes_dir = ANVIL_SHAPES_DIR;
-  std::string ops = "gemm,conv2d,attention";
+  std::string ops = "peak,gemm,conv2d,attention";
   double max_reference_gflop = 0.1;
 };
 Options options;
@@ -135,6 +140,75 @@ void register_gemm() {
       set_flops(state, flops);
     })->Unit(benchmark::kMillisecond)->UseRealTime();
 #endif
+  }
+}
+
+// The machine's FMA-loop peak with every thread (AVX-512 hosts); compare.py reports each
+// anvil GEMM's throughput as a share of it.
+void register_peak() {
+  if (!__builtin_cpu_supports("avx512f")) return;
+  benchmark::RegisterBenchmark("peak/fma-loop/avx512", [](benchmark::State& state) {
+    constexpr int64_t kIterations = 1 << 22;
+    const int threads = omp_get_max_threads();
+    double flops = 0;
+    for (auto _ : state) {
+      float sink = 0;
+#pragma omp parallel num_threads(threads) reduction(+ : flops)
+      flops += anvil::bench::fma_loop_avx512(kIterations, &sink);
+      benchmark::DoNotOptimize(sink);
+    }
+    state.counters["FLOPS"] = benchmark::Counter(flops, benchmark::Counter::kIsRate);
+    state.counters["threads"] = threads;
+  })->Unit(benchmark::kMillisecond)->UseRealTime();
+}
+
+// bf16 against anvil's own f32 on the same shape: the "anvil-f32" implementation acts as
+// the reference, so the ratio is the bf16 speed-up (goal >= 1.8x with vdpbf16ps).
+void register_gemm_bf16() {
+  for (const Row& row : load_shapes("gemm", {"square"})) {
+    const int64_t m = num(row, "m"), n = num(row, "n"), k = num(row, "k");
+    const std::string shape = std::to_string(m) + "x" + std::to_string(n) + "x" + std::to_string(k) + "-bf16";
+    const double flops = 2.0 * double(m) * double(n) * double(k);
+    auto f32 = std::make_shared<GemmData>(m, n, k);
+    struct Bf16 {
+      std::vector<anvil::bfloat16> a, b, c;
+    };
+    auto half = std::make_shared<Bf16>();
+    for (float x : f32->a) half->a.push_back(anvil::to_bfloat16(x));
+    for (float x : f32->b) half->b.push_back(anvil::to_bfloat16(x));
+    half->c.resize(size_t(m * n));
+    auto args = [=] {
+      return anvil::gemm_args_row_major(anvil::DType::bf16, anvil::Transpose::no, anvil::Transpose::no, m, n, k, 1.0,
+                                        half->a.data(), k, half->b.data(), n, 0.0, half->c.data(), n);
+    };
+    std::string kernel, f32_kernel;
+    if (!anvil::select_kernel(args(), &kernel).ok() || !anvil::select_kernel(f32->args(), &f32_kernel).ok()) continue;
+    if (too_large_for(kernel, flops) || too_large_for(f32_kernel, flops)) continue;
+    benchmark::RegisterBenchmark(("gemm/" + shape + "/anvil:" + kernel).c_str(), [=](benchmark::State& state) {
+      if (!anvil::gemm(args()).ok()) return state.SkipWithError("gemm failed");
+      std::vector<float> out(half->c.size());
+      for (size_t i = 0; i < out.size(); ++i) out[i] = anvil::to_float(half->c[i]);
+      std::string why;
+      // Inputs are the bf16-rounded values; the check allows the output's bf16 rounding.
+      const bool ok = spot_check(out.data(), out.size(), [&](size_t idx, double* bound) {
+        const int64_t i = int64_t(idx) / n, j = int64_t(idx) % n;
+        double sum = 0;
+        for (int64_t p = 0; p < k; ++p) {
+          const double t = double(anvil::to_float(half->a[size_t(i * k + p)])) * double(anvil::to_float(half->b[size_t(p * n + j)]));
+          sum += t;
+          *bound += std::abs(t);
+        }
+        *bound *= 40;  // 1e-4 * 40 = 4e-3 ~ bf16 half-ulp relative to the magnitude sum
+        return sum;
+      }, &why);
+      if (!ok) return state.SkipWithError(("wrong result: " + why).c_str());
+      for (auto _ : state) benchmark::DoNotOptimize(anvil::gemm(args()));
+      set_flops(state, flops);
+    })->Unit(benchmark::kMillisecond)->UseRealTime();
+    benchmark::RegisterBenchmark(("gemm/" + shape + "/anvil-f32").c_str(), [=](benchmark::State& state) {
+      for (auto _ : state) benchmark::DoNotOptimize(anvil::gemm(f32->args()));
+      set_flops(state, flops);
+    })->Unit(benchmark::kMillisecond)->UseRealTime();
   }
 }
 
@@ -253,7 +327,9 @@ int main(int argc, char** argv) {
     }
   }
   const auto wants = [](const char* op) { return ("," + options.ops + ",").find(std::string(",") + op + ",") != std::string::npos; };
+  if (wants("peak")) register_peak();
   if (wants("gemm")) register_gemm();
+  if (wants("gemm")) register_gemm_bf16();
   if (wants("conv2d")) register_conv2d();
   if (wants("attention")) register_attention();
   benchmark::RunSpecifiedBenchmarks();

@@ -19,9 +19,11 @@ from collections import defaultdict
 
 
 def medians(path):
+    """Median time and median FLOP/s per benchmark, the errors, and the run's context."""
     with open(path) as f:
         data = json.load(f)
     times = defaultdict(list)
+    flops = defaultdict(list)
     errors = {}
     for b in data["benchmarks"]:
         if b.get("run_type") == "aggregate":
@@ -31,7 +33,10 @@ def medians(path):
             errors[name] = b.get("error_message", "error")
             continue
         times[name].append(b["real_time"])
-    return {k: statistics.median(v) for k, v in times.items()}, errors, data.get("context", {})
+        if "FLOPS" in b:
+            flops[name].append(b["FLOPS"])
+    med_flops = {k: statistics.median(v) for k, v in flops.items()}
+    return {k: statistics.median(v) for k, v in times.items()}, errors, data.get("context", {}), med_flops
 
 
 def ratio_rows(med):
@@ -66,7 +71,9 @@ def main():
     p.add_argument("--write-baseline")
     a = p.parse_args()
 
-    med, errors, ctx = medians(a.json)
+    med, errors, ctx, flops = medians(a.json)
+    peak = {k: v for k, v in flops.items() if k.startswith("peak/")}
+    med = {k: v for k, v in med.items() if not k.startswith("peak/")}
     rows = ratio_rows(med)
     print(f"machine: {ctx.get('host_name', '?')}, {ctx.get('num_cpus', '?')} CPUs @ {ctx.get('mhz_per_cpu', '?')} MHz")
     print(f"{'op':<10} {'shape':<22} {'anvil kernel':<30} {'reference':<10} {'anvil ms':>10} {'ref ms':>10} {'ratio':>7}")
@@ -75,6 +82,11 @@ def main():
               f"{(f'{tr:.3f}' if tr else '-'):>10} {(f'{ratio:.3f}' if ratio else '-'):>7}")
     for name, msg in errors.items():
         print(f"ERROR {name}: {msg}")
+    for pname, pflops in peak.items():
+        print(f"{pname}: {pflops / 1e9:.1f} GFLOP/s; anvil f32 GEMM as a share of it:")
+        for name, f in sorted(flops.items()):
+            if name.startswith("gemm/") and "/anvil:" in name and "-bf16" not in name:
+                print(f"  {name.split('/')[1]:<22} {f / 1e9:8.1f} GFLOP/s  {100 * f / pflops:5.1f}%")
 
     if a.plot and rows:
         try:

@@ -3,6 +3,7 @@
 // which validates and dispatches through the registry.
 #include <ATen/ATen.h>
 #include <ATen/ExpandUtils.h>
+#include <ATen/Parallel.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
@@ -10,6 +11,10 @@
 
 namespace anvil::torch_ext {
 namespace {
+
+// anvil's cpu backend uses torch's thread budget, and one thread inside torch's own
+// parallel regions (never oversubscribe).
+void use_torch_threads() { set_cpu_threads(at::in_parallel_region() ? 1 : at::get_num_threads()); }
 
 // Status -> Python exception: invalid arguments raise ValueError, the rest RuntimeError.
 void check(const Status& status) {
@@ -162,6 +167,7 @@ at::Tensor gemm(const at::Tensor& a, const at::Tensor& b, const std::optional<at
   args.b = bb.ref;
   args.c = ref(out.view({p.batch_numel, p.m, p.n}), "gemm", "out");
   if (bias) args.bias = ref(*bias, "gemm", "bias");
+  use_torch_threads();
   check(anvil::gemm(args));
   return out;
 }
@@ -206,6 +212,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gemm_backward(const at::Tensor& g
     gbias = at::empty({p.n}, a.options());
     args.grad_bias = ref(gbias, "gemm_backward", "grad_bias");
   }
+  use_torch_threads();
   check(anvil::gemm_backward(args));
   if (mask[0]) ga = to_operand_shape(ga, a, p);
   if (mask[1]) gb = to_operand_shape(gb, b, p);
@@ -255,6 +262,7 @@ at::Tensor conv2d(const at::Tensor& input, const at::Tensor& weight, const std::
   for (int64_t& d : shape) d = std::max<int64_t>(d, 0);
   at::Tensor out = at::empty(shape, input.options().memory_format(input.suggest_memory_format()));
   args.output = ref(out, "conv2d", "output");
+  use_torch_threads();
   check(anvil::conv2d(args));
   return out;
 }
@@ -283,6 +291,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward(
     gbias = at::empty({weight.size(0)}, weight.options());
     args.grad_bias = ref(gbias, "conv2d_backward", "grad_bias");
   }
+  use_torch_threads();
   check(anvil::conv2d_backward(args));
   return {gi, gw, gbias};
 }
@@ -316,6 +325,7 @@ std::tuple<at::Tensor, at::Tensor> attention_forward(const at::Tensor& q, const 
   args.lse = ref(lse, "attention", "lse");
   args.causal = is_causal;
   args.scale = scale;
+  use_torch_threads();
   check(anvil::attention(args));
   return {out, lse};
 }
@@ -349,6 +359,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward(
   args.grad_q = ref(dq, "attention_backward", "grad_q");
   args.grad_k = ref(dk, "attention_backward", "grad_k");
   args.grad_v = ref(dv, "attention_backward", "grad_v");
+  use_torch_threads();
   check(anvil::attention_backward(args));
   return {dq, dk, dv};
 }

@@ -1,0 +1,98 @@
+#include "backends/cpu/cpu_runtime.h"
+
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <vector>
+
+#include "anvil/runtime.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace anvil {
+
+namespace {
+std::atomic<int> configured_threads{0};
+}
+
+void set_cpu_threads(int threads) { configured_threads = threads > 0 ? threads : 0; }
+
+int cpu_threads() {
+  const int n = configured_threads.load();
+  if (n > 0) return n;
+#ifdef _OPENMP
+  return omp_get_max_threads();
+#else
+  return 1;
+#endif
+}
+
+namespace cpu {
+namespace {
+
+int64_t cache_size(int name, int64_t fallback) {
+  const long v = sysconf(name);
+  return v > 0 ? int64_t(v) : fallback;
+}
+
+CpuInfo detect() {
+  CpuInfo info;
+  __builtin_cpu_init();
+  info.avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  info.avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+  info.avx512_bf16 = info.avx512 && __builtin_cpu_supports("avx512bf16");
+  info.l1d_bytes = cache_size(_SC_LEVEL1_DCACHE_SIZE, info.l1d_bytes);
+  info.l2_bytes = cache_size(_SC_LEVEL2_CACHE_SIZE, info.l2_bytes);
+  info.l3_bytes = cache_size(_SC_LEVEL3_CACHE_SIZE, info.l3_bytes);
+  if (const char* isa = std::getenv("ANVIL_CPU_ISA")) {  // cap the ISA, e.g. to test AVX2 on AVX-512 hosts
+    const std::string cap = isa;
+    if (cap == "avx2" || cap == "none") info.avx512 = info.avx512_bf16 = false;
+    if (cap == "avx512") info.avx512_bf16 = false;
+    if (cap == "none") info.avx2 = false;
+  }
+  return info;
+}
+
+}  // namespace
+
+std::string CpuInfo::describe() const {
+  return std::string(avx512_bf16 ? "avx512+bf16" : avx512 ? "avx512" : avx2 ? "avx2" : "no avx2") + ", L1d " +
+         std::to_string(l1d_bytes / 1024) + " KiB, L2 " + std::to_string(l2_bytes / 1024) + " KiB, L3 " +
+         std::to_string(l3_bytes / 1024) + " KiB";
+}
+
+const CpuInfo& cpu_info() {
+  static const CpuInfo info = detect();
+  return info;
+}
+
+int threads_for_call() {
+#ifdef _OPENMP
+  if (omp_in_parallel()) return 1;
+#endif
+  return cpu_threads();
+}
+
+void* scratch(size_t bytes, int slot) {
+  struct Buffer {
+    void* ptr = nullptr;
+    size_t size = 0;
+    ~Buffer() { std::free(ptr); }
+  };
+  thread_local std::vector<Buffer> buffers(4);
+  Buffer& b = buffers.at(size_t(slot));
+  if (b.size < bytes) {
+    std::free(b.ptr);
+    const size_t rounded = (bytes + 63) / 64 * 64;
+    b.ptr = std::aligned_alloc(64, rounded);
+    b.size = b.ptr ? rounded : 0;
+  }
+  return b.ptr;
+}
+
+}  // namespace cpu
+}  // namespace anvil
