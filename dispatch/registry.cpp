@@ -251,7 +251,9 @@ std::shared_mutex& hook_mutex() {
   return m;
 }
 
-template <class Args> Selection<Args> select(const Args& args) {
+// exhaustive: judge every candidate (explain); otherwise stop at the first acceptable one
+// unless an autotune hook wants to see them all.
+template <class Args> Selection<Args> select(const Args& args, bool exhaustive) {
   Selection<Args> sel;
   const TensorRef& lead = OpTraits<Args>::lead(args);
   const DType dtype = lead.dtype;
@@ -268,14 +270,23 @@ template <class Args> Selection<Args> select(const Args& args) {
   for (const std::string& name : ov.kernels)
     if (op_dtype_prefix(name) == prefix) forced_kernel = name;
 
+  bool hooked;
+  {
+    std::shared_lock lock(hook_mutex());
+    hooked = bool(autotune_hook<Args>());
+  }
+  const bool stop_at_first = !exhaustive && !hooked && forced_kernel.empty();
   for (const auto& r : table) {
     if (r.dtype != dtype) continue;
+    if (!ov.backend.empty() && forced_kernel.empty() && r.backend != ov.backend && !exhaustive) continue;
     Candidate<Args> c{&r, judge(r, args, dtype, device)};
     if (c.verdict.ok() && !forced_kernel.empty() && r.name != forced_kernel)
       c.verdict = unsupported("not the forced kernel " + forced_kernel);
     else if (c.verdict.ok() && forced_kernel.empty() && !ov.backend.empty() && r.backend != ov.backend)
       c.verdict = unsupported("not the forced backend " + ov.backend);
+    const bool accepted = c.verdict.ok();
     sel.candidates.push_back(std::move(c));
+    if (accepted && stop_at_first) break;
   }
 
   if (!forced_kernel.empty()) {
@@ -310,12 +321,15 @@ template <class Args> Selection<Args> select(const Args& args) {
   return sel;
 }
 
-void log_selection_once(const std::string& kernel, const std::string& call) {
+bool logging_enabled() {
   static const bool enabled = [] {
     const char* v = std::getenv("ANVIL_LOG");
     return v && *v && std::string(v) != "0";
   }();
-  if (!enabled) return;
+  return enabled;
+}
+
+void log_selection_once(const std::string& kernel, const std::string& call) {
   static std::mutex mutex;
   static std::set<std::string> seen;
   std::lock_guard lock(mutex);
@@ -335,7 +349,7 @@ template <class Args> void set_autotune_hook(AutotuneHook<Args> hook) {
 template <class Args> Status select_op(const Args& args, const KernelRecord<Args>** chosen) {
   const std::string op = std::string(op_name(OpTraits<Args>::op)) + ": ";
   ANVIL_RETURN_IF_ERROR(OpTraits<Args>::validate(args).with_context(op));
-  Selection<Args> sel = select(args);
+  Selection<Args> sel = select(args, false);
   if (!sel.status.ok()) return sel.status.with_context(op);
   *chosen = sel.chosen;
   return Status::Ok();
@@ -344,8 +358,10 @@ template <class Args> Status select_op(const Args& args, const KernelRecord<Args
 template <class Args> Status run_op(const Args& args) {
   const KernelRecord<Args>* kernel = nullptr;
   ANVIL_RETURN_IF_ERROR(select_op(args, &kernel));
-  log_selection_once(kernel->name, OpTraits<Args>::describe(args));
-  return kernel->run(args).with_context(kernel->name + " failed on " + OpTraits<Args>::describe(args) + ": ");
+  if (logging_enabled()) log_selection_once(kernel->name, OpTraits<Args>::describe(args));
+  const Status status = kernel->run(args);
+  if (status.ok()) return status;  // the context strings are built on failure only
+  return status.with_context(kernel->name + " failed on " + OpTraits<Args>::describe(args) + ": ");
 }
 
 template <class Args> std::string explain_op(const Args& args) {
@@ -359,7 +375,7 @@ template <class Args> std::string explain_op(const Args& args) {
     out << "  invalid call, no kernel considered: " << valid.message() << "\n";
     return out.str();
   }
-  Selection<Args> sel = select(args);
+  Selection<Args> sel = select(args, true);
   out << "  overrides: " << (sel.forced_note.empty() ? "none" : sel.forced_note) << "\n";
   size_t width = 0;
   for (const auto& c : sel.candidates) width = std::max(width, c.record->name.size());

@@ -27,7 +27,7 @@ namespace anvil::cpu_gemm {
 namespace {
 
 constexpr int64_t kUnpackedMaxM = 4;
-constexpr int64_t kSerialFlops = 2 * 48 * 48 * 48;  // below this, threads cost more than they give
+constexpr int64_t kSerialFlops = 2 * 96 * 96 * 96;  // below this, an OpenMP fork costs more than a 2nd core gives
 
 struct Blocking {
   int64_t kc, mc, nc;
@@ -62,6 +62,7 @@ template <class T> void read_strided(const Matrix& x, int64_t row, int64_t col0,
 
 // Elements (row, col0 .. col0 + count) as f32.
 void read_row(const Matrix& x, int64_t row, int64_t col0, int64_t count, float* dst) {
+  if (count <= 0) return;  // empty operands may have null data
   if (x.gather_row) return x.gather_row(x.gather_ctx, row, col0, count, dst);
   switch (x.dtype) {
     case DType::f16: return read_strided<float16>(x, row, col0, count, dst);

@@ -210,3 +210,26 @@ TEST(EnvOverride, ValidKernelIsForced) {
 
 }  // namespace
 }  // namespace anvil::test
+
+namespace anvil::test {
+namespace {
+
+// Run by ctest with ANVIL_CPU_ISA=avx2: the AVX-512 kernels must refuse (with the reason)
+// and the AVX2 kernel must be chosen, as on a CPU without AVX-512.
+TEST(CpuIsaCap, Avx2HostChoosesAvx2Kernels) {
+  const char* cap = std::getenv("ANVIL_CPU_ISA");
+  if (!cap || std::string(cap) != "avx2") GTEST_SKIP() << "run by ctest with ANVIL_CPU_ISA=avx2";
+  const auto all = kernels();
+  if (std::none_of(all.begin(), all.end(), [](const KernelInfo& k) { return k.backend == "cpu"; }))
+    GTEST_SKIP() << "no cpu backend in this build";
+  SmallGemm g;
+  const std::string text = explain(g.args());
+  EXPECT_NE(text.find("taken   gemm.f32.cpu.avx2"), std::string::npos) << text;
+  EXPECT_NE(text.find("refused gemm.f32.cpu.avx512"), std::string::npos) << text;
+  EXPECT_NE(text.find("this CPU lacks avx512"), std::string::npos) << text;
+  ASSERT_TRUE(gemm(g.args()).ok());
+  EXPECT_EQ(g.c[3], 6.0f);
+}
+
+}  // namespace
+}  // namespace anvil::test
