@@ -5,6 +5,12 @@
 namespace anvil::cpu_gemm {
 void add_gemm_kernels(dispatch::KernelTables& tables);
 }  // namespace anvil::cpu_gemm
+namespace anvil::cpu_conv {
+void add_conv2d_kernels(dispatch::KernelTables& tables);
+}  // namespace anvil::cpu_conv
+namespace anvil::cpu_attention {
+void add_attention_kernels(dispatch::KernelTables& tables);
+}  // namespace anvil::cpu_attention
 
 namespace anvil::dispatch {
 
@@ -15,6 +21,8 @@ void register_cpu(KernelTables& tables) {
                         return Status::Ok();
                       }});
   cpu_gemm::add_gemm_kernels(tables);
+  cpu_conv::add_conv2d_kernels(tables);
+  cpu_attention::add_attention_kernels(tables);
 }
 
 }  // namespace anvil::dispatch

@@ -72,6 +72,7 @@ void read_row(const Matrix& x, int64_t row, int64_t col0, int64_t count, float* 
 }
 
 // Elements (row0 .. row0 + count, col) as f32: a column, read as a row of the transpose.
+// Never used on gathered matrices (their gather reads rows only).
 void read_column(const Matrix& x, int64_t row0, int64_t col, int64_t count, float* dst) {
   Matrix t = x;
   std::swap(t.row_stride, t.col_stride);
@@ -109,7 +110,8 @@ struct SliverWriter {
 
 // Row-major B (unit column stride) is packed a row of the block at a time (a pair of
 // rows for bf16 pairs): sequential reads of B, split into the slivers' rows.
-bool packs_by_row(const Matrix& b) { return !b.gather_row && b.col_stride == 1; }
+// A gathered B (implicit GEMM) is always read by rows: gather_row's (row, col) are B's.
+bool packs_by_row(const Matrix& b) { return b.gather_row || b.col_stride == 1; }
 
 // Packs k step `step` of the block: row k0 + step (f32), or rows k0 + 2*step and
 // k0 + 2*step + 1 interleaved (bf16 pairs; a row past kc is zero). tmp holds 2 * ncols.

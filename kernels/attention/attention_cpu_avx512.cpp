@@ -1,0 +1,82 @@
+// AVX-512 pieces of the cpu attention (compiled with the AVX-512 flags): the online-softmax
+// update of one (rows, cols) score block, with a vectorised exp.
+#include <immintrin.h>
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+
+namespace anvil::cpu_attention {
+namespace {
+
+constexpr int kVector = 16;
+
+// exp(x) = 2^n * 2^f with n = round(x log2 e), f in [-1/2, 1/2]; 2^f by its degree-7
+// Taylor polynomial (relative error < 5e-9); vscalefps applies 2^n with correct
+// underflow. t is clamped to [-150, 128] so that exp(-inf) = 0 exactly; NaN passes
+// through (vmaxps/vminps return their second operand when either is NaN).
+inline __m512 exp512(__m512 x) {
+  __m512 t = _mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f));
+  t = _mm512_max_ps(_mm512_set1_ps(-150.0f), t);
+  t = _mm512_min_ps(_mm512_set1_ps(128.0f), t);
+  const __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 f = _mm512_sub_ps(t, n);
+  __m512 p = _mm512_set1_ps(1.5252733804059841e-05f);
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.5403530393381609e-04f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.3333558146428443e-03f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.6181291076284772e-03f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5504108664821580e-02f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022650695910071e-01f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9314718055994531e-01f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(p, n);
+}
+
+inline __mmask16 tail_mask(int64_t remaining) {
+  return remaining >= kVector ? __mmask16(0xFFFF) : __mmask16((1u << remaining) - 1);
+}
+
+}  // namespace
+
+// For each of `rows` rows of s (row stride ld, `cols` valid scores): with the running
+// max m and sum l of the row, m' = max(m, max_j s_j), s_j <- exp(s_j - m'),
+// l <- l * exp(m - m') + sum_j s_j, and corr = exp(m - m') (the factor that rescales the
+// row's output accumulator). A row whose m' is -inf (all masked so far) keeps P = 0 and
+// corr = 1; a NaN score makes the row NaN.
+void softmax_block_avx512(float* s, int64_t ld, int64_t rows, int64_t cols, float* m, float* l, float* corr) {
+  const float neg_inf = -std::numeric_limits<float>::infinity();
+  for (int64_t i = 0; i < rows; ++i) {
+    float* row = s + i * ld;
+    __m512 vmax = _mm512_set1_ps(neg_inf);
+    __mmask16 nan = 0;
+    for (int64_t j = 0; j < cols; j += kVector) {
+      const __mmask16 mk = tail_mask(cols - j);
+      const __m512 v = _mm512_mask_loadu_ps(_mm512_set1_ps(neg_inf), mk, row + j);
+      nan |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+      vmax = _mm512_max_ps(vmax, v);
+    }
+    float block_max = nan ? std::numeric_limits<float>::quiet_NaN() : _mm512_reduce_max_ps(vmax);
+    const float m_old = m[i];
+    const float m_new = std::isnan(block_max) || std::isnan(m_old) ? std::numeric_limits<float>::quiet_NaN()
+                                                                     : std::max(m_old, block_max);
+    if (m_new == neg_inf) {  // nothing attended yet: P = 0
+      for (int64_t j = 0; j < cols; ++j) row[j] = 0.0f;
+      corr[i] = 1.0f;
+      continue;
+    }
+    const __m512 shift = _mm512_set1_ps(m_new);
+    __m512 vsum = _mm512_setzero_ps();
+    for (int64_t j = 0; j < cols; j += kVector) {
+      const __mmask16 mk = tail_mask(cols - j);
+      const __m512 p = exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(mk, row + j), shift));
+      _mm512_mask_storeu_ps(row + j, mk, p);
+      vsum = _mm512_add_ps(vsum, _mm512_maskz_mov_ps(mk, p));
+    }
+    const float c = m_old == neg_inf ? 0.0f : std::exp(m_old - m_new);
+    corr[i] = c;
+    l[i] = l[i] * c + _mm512_reduce_add_ps(vsum);
+    m[i] = m_new;
+  }
+}
+
+}  // namespace anvil::cpu_attention
