@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "backends/cpu/cpu_runtime.h"
+#include "kernels/common/cpu_elements.h"
 #include "dispatch/kernel_record.h"
 #include "kernels/attention/attention_desc.h"
 #include "kernels/gemm/gemm_cpu.h"
@@ -29,24 +30,6 @@ using cpu_gemm::Tile;
 
 constexpr int64_t kBlockQ = 96;   // query rows per work item: 8 slivers of MR = 12
 constexpr int64_t kBlockK = 256;  // keys per softmax block; S is (96, 256) f32 = 96 KiB (L2)
-
-float load_f32(const TensorRef& t, int64_t index) {
-  const char* p = t.ptr<const char>() + index * dtype_size(t.dtype);
-  switch (t.dtype) {
-    case DType::f16: return to_float(*reinterpret_cast<const float16*>(p));
-    case DType::bf16: return to_float(*reinterpret_cast<const bfloat16*>(p));
-    default: return *reinterpret_cast<const float*>(p);
-  }
-}
-
-void store_rounded(const TensorRef& t, int64_t index, float v) {
-  char* p = t.ptr<char>() + index * dtype_size(t.dtype);
-  switch (t.dtype) {
-    case DType::f16: *reinterpret_cast<float16*>(p) = to_float16(v); break;
-    case DType::bf16: *reinterpret_cast<bfloat16*>(p) = to_bfloat16(v); break;
-    default: *reinterpret_cast<float*>(p) = v;
-  }
-}
 
 // Packs rows [0, rows) x [0, depth) of a row-major f32 matrix (row stride ld) into micro-
 // kernel A slivers: sliver s holds (depth, MR) with rows s*MR .., zero-padded.
@@ -100,9 +83,9 @@ Status forward(const AttentionArgs& args) {
     float* vp = vv.data() + bh * Lk * Ev;
     for (int64_t j = 0; j < Lk; ++j) {
       const int64_t kbase = b * args.k.strides[0] + h * args.k.strides[1] + j * args.k.strides[2];
-      for (int64_t e = 0; e < E; ++e) ktp[e * Lk + j] = load_f32(args.k, kbase + e * args.k.strides[3]);
+      for (int64_t e = 0; e < E; ++e) ktp[e * Lk + j] = cpu_elements::load(args.k, kbase + e * args.k.strides[3]);
       const int64_t vbase = b * args.v.strides[0] + h * args.v.strides[1] + j * args.v.strides[2];
-      for (int64_t e = 0; e < Ev; ++e) vp[j * Ev + e] = load_f32(args.v, vbase + e * args.v.strides[3]);
+      for (int64_t e = 0; e < Ev; ++e) vp[j * Ev + e] = cpu_elements::load(args.v, vbase + e * args.v.strides[3]);
     }
   }
 
@@ -124,7 +107,7 @@ Status forward(const AttentionArgs& args) {
       const float* vp = vv.data() + (b * sh.kv_heads + kvh) * Lk * Ev;
       for (int64_t i = 0; i < rows; ++i) {
         const int64_t base = b * args.q.strides[0] + h * args.q.strides[1] + (q0 + i) * args.q.strides[2];
-        for (int64_t e = 0; e < E; ++e) q[size_t(i * E + e)] = load_f32(args.q, base + e * args.q.strides[3]);
+        for (int64_t e = 0; e < E; ++e) q[size_t(i * E + e)] = cpu_elements::load(args.q, base + e * args.q.strides[3]);
       }
       pack_a(q.data(), E, rows, E, mk.mr, qp.data());
       std::fill(m.begin(), m.end(), neg_inf);
@@ -147,7 +130,7 @@ Status forward(const AttentionArgs& args) {
               for (int64_t j = 0; j < cols; ++j)
                 if (!mp[(k0 + j) * mask_strides[3]]) srow[j] = neg_inf;
             } else {
-              for (int64_t j = 0; j < cols; ++j) srow[j] += load_f32(mt, base + (k0 + j) * mask_strides[3]);
+              for (int64_t j = 0; j < cols; ++j) srow[j] += cpu_elements::load(mt, base + (k0 + j) * mask_strides[3]);
             }
           }
         }
@@ -161,7 +144,7 @@ Status forward(const AttentionArgs& args) {
         const bool empty = l[size_t(i)] == 0.0f && !std::isnan(m[size_t(i)]);  // fully masked: out = 0
         const float inv = empty ? 0.0f : 1.0f / l[size_t(i)];
         const int64_t base = b * args.out.strides[0] + h * args.out.strides[1] + (q0 + i) * args.out.strides[2];
-        for (int64_t e = 0; e < Ev; ++e) store_rounded(args.out, base + e * args.out.strides[3], o[size_t(i * Ev + e)] * inv);
+        for (int64_t e = 0; e < Ev; ++e) cpu_elements::store(args.out, base + e * args.out.strides[3], o[size_t(i * Ev + e)] * inv);
         if (args.lse) {
           const TensorRef& lt = *args.lse;
           lt.ptr<float>()[b * lt.strides[0] + h * lt.strides[1] + (q0 + i) * lt.strides[2]] =

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "backends/cpu/cpu_runtime.h"
+#include "kernels/common/cpu_elements.h"
 #include "dispatch/kernel_record.h"
 #include "kernels/conv2d/conv2d_desc.h"
 #include "kernels/gemm/gemm_cpu.h"
@@ -28,24 +29,6 @@ using cpu_gemm::Output;
 using cpu_gemm::Term;
 
 // ------------------------------------------------------------------ layouts
-float load_f32(const TensorRef& t, int64_t index) {
-  const char* p = t.ptr<const char>() + index * dtype_size(t.dtype);
-  switch (t.dtype) {
-    case DType::f16: return to_float(*reinterpret_cast<const float16*>(p));
-    case DType::bf16: return to_float(*reinterpret_cast<const bfloat16*>(p));
-    default: return *reinterpret_cast<const float*>(p);
-  }
-}
-
-void store_rounded(const TensorRef& t, int64_t index, float v) {
-  char* p = t.ptr<char>() + index * dtype_size(t.dtype);
-  switch (t.dtype) {
-    case DType::f16: *reinterpret_cast<float16*>(p) = to_float16(v); break;
-    case DType::bf16: *reinterpret_cast<bfloat16*>(p) = to_bfloat16(v); break;
-    default: *reinterpret_cast<float*>(p) = v;
-  }
-}
-
 bool is_f32_nhwc(const TensorRef& t) { return t.dtype == DType::f32 && layout_of(t) == Layout::nhwc; }
 
 // An image as packed f32 NHWC: the tensor itself when it already is, else a converted copy.
@@ -64,7 +47,7 @@ struct NhwcImage {
       for (int64_t y = 0; y < h; ++y)
         for (int64_t x = 0; x < w; ++x)
           for (int64_t ch = 0; ch < c; ++ch)
-            *out++ = load_f32(t, in * t.strides[0] + ch * t.strides[1] + y * t.strides[2] + x * t.strides[3]);
+            *out++ = cpu_elements::load(t, in * t.strides[0] + ch * t.strides[1] + y * t.strides[2] + x * t.strides[3]);
     data = copy.data();
   }
 };
@@ -91,7 +74,7 @@ struct NhwcTarget {
       for (int64_t y = 0; y < h; ++y)
         for (int64_t x = 0; x < w; ++x)
           for (int64_t ch = 0; ch < c; ++ch)
-            store_rounded(t, i * t.strides[0] + ch * t.strides[1] + y * t.strides[2] + x * t.strides[3], *in++);
+            cpu_elements::store(t, i * t.strides[0] + ch * t.strides[1] + y * t.strides[2] + x * t.strides[3], *in++);
   }
 };
 
@@ -201,7 +184,7 @@ std::vector<float> bias_f32(const std::optional<TensorRef>& bias, int64_t k) {
   std::vector<float> out;
   if (!bias) return out;
   out.resize(size_t(k));
-  for (int64_t i = 0; i < k; ++i) out[size_t(i)] = load_f32(*bias, i * bias->strides[0]);
+  for (int64_t i = 0; i < k; ++i) out[size_t(i)] = cpu_elements::load(*bias, i * bias->strides[0]);
   return out;
 }
 
@@ -269,7 +252,7 @@ Status backward(const Conv2dBackwardArgs& args, const MicroKernel& kernel) {
         for (int64_t r = 0; r < sh.r; ++r)
           for (int64_t s = 0; s < sh.s; ++s)
             for (int64_t c = 0; c < cg; ++c)
-              store_rounded(gw, (g * kg + k) * gw.strides[0] + c * gw.strides[1] + r * gw.strides[2] + s * gw.strides[3],
+              cpu_elements::store(gw, (g * kg + k) * gw.strides[0] + c * gw.strides[1] + r * gw.strides[2] + s * gw.strides[3],
                             dw[size_t(((k * sh.r + r) * sh.s + s) * cg + c)]);
     }
   }
@@ -278,7 +261,7 @@ Status backward(const Conv2dBackwardArgs& args, const MicroKernel& kernel) {
     const int64_t pixels = sh.n * sh.p * sh.q;
     for (int64_t i = 0; i < pixels; ++i)
       for (int64_t k = 0; k < sh.k; ++k) sums[size_t(k)] += grad.data[i * sh.k + k];
-    for (int64_t k = 0; k < sh.k; ++k) store_rounded(*args.grad_bias, k * args.grad_bias->strides[0], float(sums[size_t(k)]));
+    for (int64_t k = 0; k < sh.k; ++k) cpu_elements::store(*args.grad_bias, k * args.grad_bias->strides[0], float(sums[size_t(k)]));
   }
   return Status::Ok();
 }

@@ -16,6 +16,7 @@
 #include <cstring>
 
 #include "backends/cpu/cpu_runtime.h"
+#include "kernels/common/cpu_elements.h"
 #include "dispatch/kernel_record.h"
 #include "kernels/gemm/gemm_desc.h"
 
@@ -358,13 +359,7 @@ Status unit_column_stride(const TensorRef& t, const char* name) {
 
 int64_t batch_stride_of(const TensorRef& t) { return t.rank == 3 ? t.strides[0] : 0; }
 
-void store_out_any(const TensorRef& t, int64_t index, float v) {
-  switch (t.dtype) {
-    case DType::f16: return store_out<float16>(t.ptr(), index, v);
-    case DType::bf16: return store_out<bfloat16>(t.ptr(), index, v);
-    default: return store_out<float>(t.ptr(), index, v);
-  }
-}
+
 
 // Rows x cols matrix of batch entry `b` of a (batch?, rows, cols) view; `transposed`
 // swaps the roles of the last two dims.
@@ -444,7 +439,7 @@ template <Isa kIsa> Status gemm_backward_run(const GemmBackwardArgs& args) {
       }
     const TensorRef& gb = *args.grad_bias;
     for (int64_t n = 0; n < s.n; ++n)
-      store_out_any(gb, n * gb.strides[0], float(sums[size_t(n)]));
+      cpu_elements::store(gb, n * gb.strides[0], float(sums[size_t(n)]));
   }
   return Status::Ok();
 }
