@@ -85,8 +85,17 @@ def main():
         if 4 * b * h * lq * lk * e > a.max_gflop * 1e9:
             continue
         q, k, v = torch.randn(b, h, lq, e), torch.randn(b, hk, lk, e), torch.randn(b, hk, lk, e)
-        compare(f"attention b{b}h{h}s{lq}d{e}{'c' if causal else ''}", lambda: anvil.attention(q, k, v, is_causal=causal),
+        name = f"b{b}h{h}s{lq}d{e}{'c' if causal else ''}"
+        compare(f"attention {name}", lambda: anvil.attention(q, k, v, is_causal=causal),
                 lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal), a.reps, 1e-4)
+        # backward alone: gradients of the same forward output, through each library's autograd
+        qg, kg, vg = (x.clone().requires_grad_() for x in (q, k, v))
+        grad = torch.randn(b, h, lq, e)
+        anvil_out = anvil.attention(qg, kg, vg, is_causal=causal)
+        torch_out = F.scaled_dot_product_attention(qg, kg, vg, is_causal=causal)
+        compare(f"attention backward {name}",
+                lambda: torch.autograd.grad(anvil_out, (qg, kg, vg), grad, retain_graph=True)[0],
+                lambda: torch.autograd.grad(torch_out, (qg, kg, vg), grad, retain_graph=True)[0], a.reps, 1e-3)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-// cpu attention forward: flash-style, on the GEMM micro-kernels.
+// cpu attention, forward and backward: flash-style, on the GEMM micro-kernels.
 //
 // Per (batch, head, block of kBlockQ query rows), over blocks of kBlockK keys:
 //   S = scale * Q K^T      (micro-kernel tiles: A = packed Q sliver, B = K^T rows streamed)
@@ -8,7 +8,6 @@
 // (top-left alignment: query i attends keys j <= i, as torch). K^T and V are packed to f32
 // once per (batch, kv head) and shared by the kv head's query heads (GQA/MQA, no copies per
 // head). Work items (batch, head, query block) are spread over OpenMP threads.
-// Backward runs the reference for now.
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -19,9 +18,14 @@
 #include "kernels/attention/attention_desc.h"
 #include "kernels/gemm/gemm_cpu.h"
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 namespace anvil::cpu_attention {
 
 void softmax_block_avx512(float* s, int64_t ld, int64_t rows, int64_t cols, float* m, float* l, float* corr);
+void exp_rows_avx512(float* s, int64_t ld, int64_t rows, int64_t cols, const float* shift);
 
 namespace {
 
@@ -39,6 +43,16 @@ void pack_a(const float* src, int64_t ld, int64_t rows, int64_t depth, int64_t m
       for (int64_t i = 0; i < mr; ++i) {
         const int64_t row = s * mr + i;
         *dst++ = row < rows ? src[row * ld + k] : 0.0f;
+      }
+}
+
+// Like pack_a for A = src^T: A(row, k) = src[k * ld + row].
+void pack_a_transposed(const float* src, int64_t ld, int64_t rows, int64_t depth, int64_t mr, float* dst) {
+  for (int64_t s = 0; s * mr < rows; ++s)
+    for (int64_t k = 0; k < depth; ++k)
+      for (int64_t i = 0; i < mr; ++i) {
+        const int64_t row = s * mr + i;
+        *dst++ = row < rows ? src[k * ld + row] : 0.0f;
       }
 }
 
@@ -65,29 +79,94 @@ void tiles(const MicroKernel& mk, const float* a_packed, int64_t rows, int64_t d
     }
 }
 
+// Scores of query rows q0 .. q0 + rows (head h of batch b) against keys k0 .. k0 + cols:
+// causal entries (j > i) and false boolean-mask entries become -inf, an additive mask is
+// added. s has row stride ld.
+struct Masking {
+  const std::optional<TensorRef>& mask;
+  std::array<int64_t, 4> strides;
+  bool causal;
+
+  void apply(float* s, int64_t ld, int64_t b, int64_t h, int64_t q0, int64_t rows, int64_t k0, int64_t cols) const {
+    const float neg_inf = -std::numeric_limits<float>::infinity();
+    if (causal && k0 + cols > q0)
+      for (int64_t i = 0; i < rows; ++i)
+        for (int64_t j = std::max(q0 + i + 1, k0); j < k0 + cols; ++j) s[i * ld + j - k0] = neg_inf;
+    if (!mask) return;
+    const TensorRef& mt = *mask;
+    for (int64_t i = 0; i < rows; ++i) {
+      const int64_t base = b * strides[0] + h * strides[1] + (q0 + i) * strides[2];
+      float* srow = s + i * ld;
+      if (mt.dtype == DType::boolean) {
+        const uint8_t* mp = mt.ptr<const uint8_t>() + base;
+        for (int64_t j = 0; j < cols; ++j)
+          if (!mp[(k0 + j) * strides[3]]) srow[j] = neg_inf;
+      } else {
+        for (int64_t j = 0; j < cols; ++j) srow[j] += cpu_elements::load(mt, base + (k0 + j) * strides[3]);
+      }
+    }
+  }
+};
+
+// K and V of every (batch, kv head) in f32, in the layouts the micro-kernels stream:
+// K^T (E, Lk) and V (Lk, Ev) for the forward; the backward also needs K (Lk, E) and
+// V^T (Ev, Lk). Packed once per call and shared by the kv head's query heads.
+struct PackedKv {
+  int64_t e, ev, lk;
+  std::vector<float> kt, v, k, vt;
+
+  PackedKv(const TensorRef& kref, const TensorRef& vref, const attention_desc::Shape& sh, bool backward, int threads)
+      : e(sh.head_dim), ev(sh.value_dim), lk(sh.seq_k) {
+    const int64_t heads = sh.batch * sh.kv_heads;
+    kt.resize(size_t(heads * e * lk));
+    v.resize(size_t(heads * lk * ev));
+    if (backward) {
+      k.resize(kt.size());
+      vt.resize(v.size());
+    }
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t bh = 0; bh < heads; ++bh) {
+      const int64_t b = bh / sh.kv_heads, h = bh % sh.kv_heads;
+      for (int64_t j = 0; j < lk; ++j) {
+        const int64_t kbase = b * kref.strides[0] + h * kref.strides[1] + j * kref.strides[2];
+        for (int64_t x = 0; x < e; ++x) {
+          const float val = cpu_elements::load(kref, kbase + x * kref.strides[3]);
+          kt[size_t((bh * e + x) * lk + j)] = val;
+          if (backward) k[size_t((bh * lk + j) * e + x)] = val;
+        }
+        const int64_t vbase = b * vref.strides[0] + h * vref.strides[1] + j * vref.strides[2];
+        for (int64_t x = 0; x < ev; ++x) {
+          const float val = cpu_elements::load(vref, vbase + x * vref.strides[3]);
+          v[size_t((bh * lk + j) * ev + x)] = val;
+          if (backward) vt[size_t((bh * ev + x) * lk + j)] = val;
+        }
+      }
+    }
+  }
+  const float* kt_of(int64_t bh) const { return kt.data() + bh * e * lk; }
+  const float* v_of(int64_t bh) const { return v.data() + bh * lk * ev; }
+  const float* k_of(int64_t bh) const { return k.data() + bh * lk * e; }
+  const float* vt_of(int64_t bh) const { return vt.data() + bh * ev * lk; }
+};
+
+// Rows q0 .. q0 + rows of a (B, H, L, D) tensor at (b, h), as row-major f32 (rows, D).
+void load_rows(const TensorRef& t, int64_t b, int64_t h, int64_t q0, int64_t rows, float* dst) {
+  const int64_t d = t.shape[3];
+  for (int64_t i = 0; i < rows; ++i) {
+    const int64_t base = b * t.strides[0] + h * t.strides[1] + (q0 + i) * t.strides[2];
+    for (int64_t x = 0; x < d; ++x) dst[i * d + x] = cpu_elements::load(t, base + x * t.strides[3]);
+  }
+}
+
 Status forward(const AttentionArgs& args) {
   const auto sh = attention_desc::shape_of(args.q, args.k, args.v);
   const float scale = float(attention_desc::scale_of(args.scale, sh.head_dim));
   const MicroKernel& mk = *cpu_gemm::micro_kernel_f32_avx512();
   const int64_t E = sh.head_dim, Ev = sh.value_dim, Lk = sh.seq_k, Lq = sh.seq_q;
-  const auto mask_strides = args.mask ? attention_desc::mask_strides(*args.mask) : std::array<int64_t, 4>{};
+  const Masking masking{args.mask, args.mask ? attention_desc::mask_strides(*args.mask) : std::array<int64_t, 4>{},
+                        args.causal};
   const int threads = cpu::threads_for_call();
-
-  // K^T (E, Lk) and V (Lk, Ev) in f32 per (batch, kv head).
-  const int64_t kv_heads = sh.batch * sh.kv_heads;
-  std::vector<float> kt(size_t(kv_heads * E * Lk)), vv(size_t(kv_heads * Lk * Ev));
-#pragma omp parallel for num_threads(threads) schedule(static)
-  for (int64_t bh = 0; bh < kv_heads; ++bh) {
-    const int64_t b = bh / sh.kv_heads, h = bh % sh.kv_heads;
-    float* ktp = kt.data() + bh * E * Lk;
-    float* vp = vv.data() + bh * Lk * Ev;
-    for (int64_t j = 0; j < Lk; ++j) {
-      const int64_t kbase = b * args.k.strides[0] + h * args.k.strides[1] + j * args.k.strides[2];
-      for (int64_t e = 0; e < E; ++e) ktp[e * Lk + j] = cpu_elements::load(args.k, kbase + e * args.k.strides[3]);
-      const int64_t vbase = b * args.v.strides[0] + h * args.v.strides[1] + j * args.v.strides[2];
-      for (int64_t e = 0; e < Ev; ++e) vp[j * Ev + e] = cpu_elements::load(args.v, vbase + e * args.v.strides[3]);
-    }
-  }
+  const PackedKv kv(args.k, args.v, sh, false, threads);
 
   const int64_t q_blocks = (Lq + kBlockQ - 1) / kBlockQ;
   const int64_t items = sh.batch * sh.heads * q_blocks;
@@ -102,13 +181,8 @@ Status forward(const AttentionArgs& args) {
 #pragma omp for schedule(dynamic)
     for (int64_t item = 0; item < items; ++item) {
       const int64_t b = item / (sh.heads * q_blocks), h = item / q_blocks % sh.heads, qb = item % q_blocks;
-      const int64_t kvh = h / sh.group(), q0 = qb * kBlockQ, rows = std::min(kBlockQ, Lq - q0);
-      const float* ktp = kt.data() + (b * sh.kv_heads + kvh) * E * Lk;
-      const float* vp = vv.data() + (b * sh.kv_heads + kvh) * Lk * Ev;
-      for (int64_t i = 0; i < rows; ++i) {
-        const int64_t base = b * args.q.strides[0] + h * args.q.strides[1] + (q0 + i) * args.q.strides[2];
-        for (int64_t e = 0; e < E; ++e) q[size_t(i * E + e)] = cpu_elements::load(args.q, base + e * args.q.strides[3]);
-      }
+      const int64_t bh_kv = b * sh.kv_heads + h / sh.group(), q0 = qb * kBlockQ, rows = std::min(kBlockQ, Lq - q0);
+      load_rows(args.q, b, h, q0, rows, q.data());
       pack_a(q.data(), E, rows, E, mk.mr, qp.data());
       std::fill(m.begin(), m.end(), neg_inf);
       std::fill(l.begin(), l.end(), 0.0f);
@@ -116,29 +190,13 @@ Status forward(const AttentionArgs& args) {
       const int64_t k_end = args.causal ? std::min(Lk, q0 + rows) : Lk;  // later keys are masked for every row
       for (int64_t k0 = 0; k0 < k_end; k0 += kBlockK) {
         const int64_t cols = std::min(kBlockK, k_end - k0);
-        tiles(mk, qp.data(), rows, E, ktp + k0, Lk, cols, s.data(), kBlockK, scale, 0.0f);
-        if (args.causal && k0 + cols > q0)
-          for (int64_t i = 0; i < rows; ++i)
-            for (int64_t j = std::max(q0 + i + 1, k0); j < k0 + cols; ++j) s[size_t(i * kBlockK + j - k0)] = neg_inf;
-        if (args.mask) {
-          const TensorRef& mt = *args.mask;
-          for (int64_t i = 0; i < rows; ++i) {
-            const int64_t base = b * mask_strides[0] + h * mask_strides[1] + (q0 + i) * mask_strides[2];
-            float* srow = s.data() + i * kBlockK;
-            if (mt.dtype == DType::boolean) {
-              const uint8_t* mp = mt.ptr<const uint8_t>() + base;
-              for (int64_t j = 0; j < cols; ++j)
-                if (!mp[(k0 + j) * mask_strides[3]]) srow[j] = neg_inf;
-            } else {
-              for (int64_t j = 0; j < cols; ++j) srow[j] += cpu_elements::load(mt, base + (k0 + j) * mask_strides[3]);
-            }
-          }
-        }
+        tiles(mk, qp.data(), rows, E, kv.kt_of(bh_kv) + k0, Lk, cols, s.data(), kBlockK, scale, 0.0f);
+        masking.apply(s.data(), kBlockK, b, h, q0, rows, k0, cols);
         softmax_block_avx512(s.data(), kBlockK, rows, cols, m.data(), l.data(), corr.data());
         for (int64_t i = 0; i < rows; ++i)
           for (int64_t e = 0; e < Ev; ++e) o[size_t(i * Ev + e)] *= corr[size_t(i)];
         pack_a(s.data(), kBlockK, rows, cols, mk.mr, pp.data());
-        tiles(mk, pp.data(), rows, cols, vp + k0 * Ev, Ev, Ev, o.data(), Ev, 1.0f, 1.0f);
+        tiles(mk, pp.data(), rows, cols, kv.v_of(bh_kv) + k0 * Ev, Ev, Ev, o.data(), Ev, 1.0f, 1.0f);
       }
       for (int64_t i = 0; i < rows; ++i) {
         const bool empty = l[size_t(i)] == 0.0f && !std::isnan(m[size_t(i)]);  // fully masked: out = 0
@@ -156,17 +214,134 @@ Status forward(const AttentionArgs& args) {
   return Status::Ok();
 }
 
-Status can_implement(const AttentionArgs&) {
+// Backward (FlashAttention-2 order): work items are (batch, kv head, key block), so each
+// owns its rows of dK and dV; for every query head of the kv head's group and every query
+// block that can see the key block:
+//   P  = exp(scale Q K^T (masked) - lse)        dV += P^T dO
+//   dP = dO V^T      dS = scale P (dP - D)      dK += dS^T Q      dQ += dS K
+// with D = rowsum(dO * O). dQ rows are shared between items: each thread accumulates its
+// own copy, summed at the end.
+Status backward(const AttentionBackwardArgs& args) {
+  const auto sh = attention_desc::shape_of(args.q, args.k, args.v);
+  const float scale = float(attention_desc::scale_of(args.scale, sh.head_dim));
+  const MicroKernel& mk = *cpu_gemm::micro_kernel_f32_avx512();
+  const int64_t E = sh.head_dim, Ev = sh.value_dim, Lk = sh.seq_k, Lq = sh.seq_q;
+  const Masking masking{args.mask, args.mask ? attention_desc::mask_strides(*args.mask) : std::array<int64_t, 4>{},
+                        args.causal};
+  const int threads = cpu::threads_for_call();
+  const PackedKv kv(args.k, args.v, sh, true, threads);
+
+  // D = rowsum(dO * O) per query row, and the saved lse, as (B*H, Lq).
+  const int64_t q_rows = sh.batch * sh.heads * Lq;
+  std::vector<float> d(static_cast<size_t>(q_rows)), lse(static_cast<size_t>(q_rows));
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t r = 0; r < q_rows; ++r) {
+    const int64_t b = r / (sh.heads * Lq), h = r / Lq % sh.heads, i = r % Lq;
+    double acc = 0;
+    for (int64_t e = 0; e < Ev; ++e)
+      acc += double(cpu_elements::load(args.grad_out, b * args.grad_out.strides[0] + h * args.grad_out.strides[1] +
+                                                          i * args.grad_out.strides[2] + e * args.grad_out.strides[3])) *
+             double(cpu_elements::load(args.out, b * args.out.strides[0] + h * args.out.strides[1] +
+                                                     i * args.out.strides[2] + e * args.out.strides[3]));
+    d[size_t(r)] = float(acc);
+    lse[size_t(r)] = args.lse.ptr<const float>()[b * args.lse.strides[0] + h * args.lse.strides[1] + i * args.lse.strides[2]];
+  }
+
+  const int64_t k_blocks = (Lk + kBlockK - 1) / kBlockK;
+  const int64_t items = sh.batch * sh.kv_heads * k_blocks;
+  std::vector<std::vector<float>> dq_partial(static_cast<size_t>(threads));
+#pragma omp parallel num_threads(threads)
+  {
+#ifdef _OPENMP
+    std::vector<float>& dq = dq_partial[size_t(omp_get_thread_num())];
+#else
+    std::vector<float>& dq = dq_partial[0];
+#endif
+    dq.assign(size_t(q_rows * E), 0.0f);
+    const int64_t q_slivers = (kBlockQ + mk.mr - 1) / mk.mr, k_slivers = (kBlockK + mk.mr - 1) / mk.mr;
+    const int64_t depth = std::max(std::max(E, Ev), kBlockK);
+    std::vector<float> q(size_t(kBlockQ * E)), go(size_t(kBlockQ * Ev));
+    std::vector<float> p(size_t(kBlockQ * kBlockK)), dp(size_t(kBlockQ * kBlockK));
+    std::vector<float> a_rows(size_t(std::max(q_slivers, k_slivers) * mk.mr * depth));
+    std::vector<float> dk(size_t(kBlockK * E)), dv(size_t(kBlockK * Ev));
+#pragma omp for schedule(dynamic)
+    for (int64_t item = 0; item < items; ++item) {
+      const int64_t b = item / (sh.kv_heads * k_blocks), kvh = item / k_blocks % sh.kv_heads, kb = item % k_blocks;
+      const int64_t bh_kv = b * sh.kv_heads + kvh, k0 = kb * kBlockK, cols = std::min(kBlockK, Lk - k0);
+      std::fill(dk.begin(), dk.end(), 0.0f);
+      std::fill(dv.begin(), dv.end(), 0.0f);
+      for (int64_t h = kvh * sh.group(); h < (kvh + 1) * sh.group(); ++h)
+        for (int64_t q0 = args.causal ? k0 / kBlockQ * kBlockQ : 0; q0 < Lq; q0 += kBlockQ) {  // causal: rows >= k0
+          const int64_t rows = std::min(kBlockQ, Lq - q0), row0 = (b * sh.heads + h) * Lq + q0;
+          load_rows(args.q, b, h, q0, rows, q.data());
+          load_rows(args.grad_out, b, h, q0, rows, go.data());
+          // P = exp(scale Q K^T (masked) - lse)
+          pack_a(q.data(), E, rows, E, mk.mr, a_rows.data());
+          tiles(mk, a_rows.data(), rows, E, kv.kt_of(bh_kv) + k0, Lk, cols, p.data(), kBlockK, scale, 0.0f);
+          masking.apply(p.data(), kBlockK, b, h, q0, rows, k0, cols);
+          exp_rows_avx512(p.data(), kBlockK, rows, cols, lse.data() + row0);
+          // dV += P^T dO
+          pack_a_transposed(p.data(), kBlockK, cols, rows, mk.mr, a_rows.data());
+          tiles(mk, a_rows.data(), cols, rows, go.data(), Ev, Ev, dv.data(), Ev, 1.0f, 1.0f);
+          // dP = dO V^T;  dS = scale P (dP - D), kept in dp
+          pack_a(go.data(), Ev, rows, Ev, mk.mr, a_rows.data());
+          tiles(mk, a_rows.data(), rows, Ev, kv.vt_of(bh_kv) + k0, Lk, cols, dp.data(), kBlockK, 1.0f, 0.0f);
+          for (int64_t i = 0; i < rows; ++i) {
+            const float di = d[size_t(row0 + i)];
+            float* dsr = dp.data() + i * kBlockK;
+            const float* pr = p.data() + i * kBlockK;
+            for (int64_t j = 0; j < cols; ++j) dsr[j] = scale * pr[j] * (dsr[j] - di);
+          }
+          // dK += dS^T Q
+          pack_a_transposed(dp.data(), kBlockK, cols, rows, mk.mr, a_rows.data());
+          tiles(mk, a_rows.data(), cols, rows, q.data(), E, E, dk.data(), E, 1.0f, 1.0f);
+          // dQ += dS K
+          pack_a(dp.data(), kBlockK, rows, cols, mk.mr, a_rows.data());
+          tiles(mk, a_rows.data(), rows, cols, kv.k_of(bh_kv) + k0 * E, E, E, dq.data() + row0 * E, E, 1.0f, 1.0f);
+        }
+      for (int64_t j = 0; j < cols; ++j) {
+        const TensorRef& gk = args.grad_k;
+        const TensorRef& gv = args.grad_v;
+        const int64_t kbase = b * gk.strides[0] + kvh * gk.strides[1] + (k0 + j) * gk.strides[2];
+        for (int64_t e = 0; e < E; ++e) cpu_elements::store(gk, kbase + e * gk.strides[3], dk[size_t(j * E + e)]);
+        const int64_t vbase = b * gv.strides[0] + kvh * gv.strides[1] + (k0 + j) * gv.strides[2];
+        for (int64_t e = 0; e < Ev; ++e) cpu_elements::store(gv, vbase + e * gv.strides[3], dv[size_t(j * Ev + e)]);
+      }
+    }
+  }
+  // dQ: the sum of the threads' partial copies (rows no key block touched stay 0).
+  const TensorRef& gq = args.grad_q;
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t r = 0; r < q_rows; ++r) {
+    const int64_t b = r / (sh.heads * Lq), h = r / Lq % sh.heads, i = r % Lq;
+    const int64_t base = b * gq.strides[0] + h * gq.strides[1] + i * gq.strides[2];
+    for (int64_t e = 0; e < E; ++e) {
+      float sum = 0.0f;
+      for (const auto& part : dq_partial)
+        if (!part.empty()) sum += part[size_t(r * E + e)];
+      cpu_elements::store(gq, base + e * gq.strides[3], sum);
+    }
+  }
+  return Status::Ok();
+}
+
+Status avx512_present() {
   if (cpu::cpu_info().avx512) return Status::Ok();
   return unsupported("this CPU lacks avx512 (" + cpu::cpu_info().describe() + ")");
 }
+Status can_implement(const AttentionArgs&) { return avx512_present(); }
+Status backward_can_implement(const AttentionBackwardArgs&) { return avx512_present(); }
 
 }  // namespace
 
 void add_attention_kernels(dispatch::KernelTables& tables) {
-  for (DType dtype : {DType::f32, DType::bf16, DType::f16})
+  for (DType dtype : {DType::f32, DType::bf16, DType::f16}) {
     tables.add(dispatch::KernelRecord<AttentionArgs>{dispatch::kernel_name(Op::attention, dtype, "cpu", "avx512"), "cpu",
                                                      dtype, 100, &can_implement, &forward});
+    tables.add(dispatch::KernelRecord<AttentionBackwardArgs>{
+        dispatch::kernel_name(Op::attention_backward, dtype, "cpu", "avx512"), "cpu", dtype, 100,
+        &backward_can_implement, &backward});
+  }
 }
 
 }  // namespace anvil::cpu_attention

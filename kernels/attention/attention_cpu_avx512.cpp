@@ -80,3 +80,25 @@ void softmax_block_avx512(float* s, int64_t ld, int64_t rows, int64_t cols, floa
 }
 
 }  // namespace anvil::cpu_attention
+
+namespace anvil::cpu_attention {
+
+// s_ij <- exp(s_ij - shift_i) for `rows` rows of `cols` scores (row stride ld): the
+// probabilities of the backward pass from the saved log-sum-exp. A row with shift -inf
+// (fully masked in the forward) gets P = 0.
+void exp_rows_avx512(float* s, int64_t ld, int64_t rows, int64_t cols, const float* shift) {
+  for (int64_t i = 0; i < rows; ++i) {
+    float* row = s + i * ld;
+    if (shift[i] == -std::numeric_limits<float>::infinity()) {
+      for (int64_t j = 0; j < cols; ++j) row[j] = 0.0f;
+      continue;
+    }
+    const __m512 sh = _mm512_set1_ps(shift[i]);
+    for (int64_t j = 0; j < cols; j += kVector) {
+      const __mmask16 mk = tail_mask(cols - j);
+      _mm512_mask_storeu_ps(row + j, mk, exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(mk, row + j), sh)));
+    }
+  }
+}
+
+}  // namespace anvil::cpu_attention
