@@ -40,8 +40,10 @@ Blocking blocking_for(const MicroKernel& k) {
   const cpu::CpuInfo& info = cpu::cpu_info();
   const int64_t elem = k.bf16_pairs ? 2 : 4;
   Blocking b;
-  b.kc = std::clamp(round_down(info.l1d_bytes * 3 / 4 / (k.nr * elem), 16), int64_t(64), int64_t(1024));  // B sliver in L1
-  b.mc = std::clamp(round_down(info.l2_bytes / 2 / (b.kc * elem), k.mr), int64_t(k.mr), int64_t(k.mr) * 64);  // A block in L2
+  // The B sliver (KC, NR) and the A sliver (MR, KC) share L1 (with room for C lines).
+  b.kc = std::clamp(round_down(info.l1d_bytes * 3 / 4 / ((k.nr + k.mr) * elem), 16), int64_t(64), int64_t(1024));
+  // The A block (MC, KC) takes a quarter of L2; each thread's share of the B block the rest.
+  b.mc = std::clamp(round_down(info.l2_bytes / 4 / (b.kc * elem), k.mr), int64_t(k.mr), int64_t(k.mr) * 64);
   b.nc = std::clamp(round_down(std::min<int64_t>(info.l3_bytes, 16 << 20) / 4 / (b.kc * elem), k.nr),
                     int64_t(k.nr), int64_t(k.nr) * 256);
   return b;
