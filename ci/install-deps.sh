@@ -3,7 +3,7 @@
 # only. Idempotent: installed packages are skipped. Run as root (or with sudo present).
 set -euo pipefail
 
-apt_packages=(cmake ninja-build ccache g++ pkg-config
+apt_packages=(cmake ninja-build ccache g++ pkg-config clang libclang-rt-dev libomp-dev
               libgtest-dev libgmock-dev libbenchmark-dev libopenblas-dev
               ocl-icd-opencl-dev opencl-headers pocl-opencl-icd)
 pip_packages=(torch numpy pytest scikit-build-core matplotlib expecttest)

@@ -56,8 +56,9 @@ struct TensorRef {
   int64_t numel() const;
   bool is_contiguous() const;
 
-  // Host address of element 0 (pointer devices only).
+  // Host address of element 0 (pointer devices only); null for a null (empty) view.
   template <class T = void> T* ptr() const {
+    if (!data) return nullptr;
     return reinterpret_cast<T*>(static_cast<char*>(data) + offset * dtype_size(dtype));
   }
 

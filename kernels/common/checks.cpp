@@ -1,6 +1,7 @@
 #include "kernels/common/checks.h"
 
 #include <algorithm>
+#include <cstdint>
 #include <numeric>
 #include <vector>
 
@@ -69,7 +70,7 @@ Status output_tensor(const TensorRef& t, const char* name, int min_rank, int max
       return invalid_argument(prefix(name) + "output elements overlap (stride " +
                               std::to_string(t.strides[d]) + " of dimension " + std::to_string(d) +
                               " is smaller than " + std::to_string(reach) + "): " + t.to_string());
-    reach = t.strides[d] * t.shape[d];
+    if (!checked_mul(t.strides[d], t.shape[d], &reach)) reach = INT64_MAX;  // nothing can lie beyond it
   }
   return Status::Ok();
 }

@@ -25,4 +25,7 @@ inline void store(const TensorRef& t, int64_t index, float v) {
   }
 }
 
+// p + n, except that an empty operand's null pointer stays null (offsetting null is UB).
+template <class T> T* advance(T* p, int64_t n) { return p ? p + n : p; }
+
 }  // namespace anvil::cpu_elements

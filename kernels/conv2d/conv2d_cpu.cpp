@@ -85,7 +85,7 @@ template <class T>
 void pack_weight_typed(const TensorRef& wt, int64_t g, int64_t kg, bool rows_are_channels, float* out) {
   const int64_t cg = wt.shape[1], r_max = wt.shape[2], s_max = wt.shape[3];
   const int64_t sk = wt.strides[0], sc = wt.strides[1], sr = wt.strides[2], ss = wt.strides[3];
-  const T* base = wt.ptr<const T>() + g * kg * sk;
+  const T* base = cpu_elements::advance(wt.ptr<const T>(), g * kg * sk);
   const auto f32 = [](const T* p) {
     if constexpr (std::is_same_v<T, float>) return *p;
     else return to_float(*p);
@@ -95,9 +95,10 @@ void pack_weight_typed(const TensorRef& wt, int64_t g, int64_t kg, bool rows_are
   constexpr int64_t kBlock = 32;
   const int64_t rows = rows_are_channels ? cg : kg, cols = rows_are_channels ? kg : cg;
   const int64_t row_stride = rows_are_channels ? sc : sk, col_stride = rows_are_channels ? sk : sc;
+  if (rows == 0 || cols == 0) return;  // an empty weight may carry any strides
   for (int64_t r = 0; r < r_max; ++r)
     for (int64_t s = 0; s < s_max; ++s) {
-      const T* tap = base + r * sr + s * ss;
+      const T* tap = cpu_elements::advance(base, r * sr + s * ss);
       float* dst = out + (r * s_max + s) * rows * cols;  // (rows, cols) row-major
       for (int64_t i0 = 0; i0 < rows; i0 += kBlock)
         for (int64_t j0 = 0; j0 < cols; j0 += kBlock)
@@ -203,13 +204,13 @@ Status forward(const Conv2dArgs& args, const MicroKernel& kernel) {
     WindowGather window{in.data, sh.h, sh.w, sh.c, g * cg, cg, sh.p, sh.q, sh.r, sh.s, prm};
     Matrix a;
     if (pointwise) {  // the image is the GEMM operand: rows are pixels
-      a = Matrix{in.data + g * cg, DType::f32, sh.c, 1};
+      a = Matrix{cpu_elements::advance(in.data, g * cg), DType::f32, sh.c, 1};
     } else {
       a.gather_row = &WindowGather::gather;
       a.gather_ctx = &window;
     }
     const Matrix b{wmat.data(), DType::f32, kg, 1};
-    const Output c{out.data + g * kg, DType::f32, sh.k, rows, kg};
+    const Output c{cpu_elements::advance(out.data, g * kg), DType::f32, sh.k, rows, kg};
     ANVIL_RETURN_IF_ERROR(cpu_gemm::run({Term{a, b, sh.r * sh.s * cg}}, c, 1.0f, 0.0f,
                                         bias.empty() ? nullptr : bias.data() + g * kg, 1, kernel));
   }
@@ -231,7 +232,7 @@ Status backward(const Conv2dBackwardArgs& args, const MicroKernel& kernel) {
       a.gather_row = &TransposedWindowGather::gather;
       a.gather_ctx = &window;
       const Matrix b{wmat.data(), DType::f32, cg, 1};
-      const Output c{gi.data + g * cg, DType::f32, sh.c, sh.n * sh.h * sh.w, cg};
+      const Output c{cpu_elements::advance(gi.data, g * cg), DType::f32, sh.c, sh.n * sh.h * sh.w, cg};
       ANVIL_RETURN_IF_ERROR(cpu_gemm::run({Term{a, b, sh.r * sh.s * kg}}, c, 1.0f, 0.0f, nullptr, 0, kernel));
     }
     gi.commit();
@@ -242,7 +243,7 @@ Status backward(const Conv2dBackwardArgs& args, const MicroKernel& kernel) {
     std::vector<float> dw(size_t(kg * sh.r * sh.s * cg));  // (k, (r, s, c)) of one group
     for (int64_t g = 0; g < sh.groups; ++g) {
       WindowGather window{in.data, sh.h, sh.w, sh.c, g * cg, cg, sh.p, sh.q, sh.r, sh.s, prm};
-      const Matrix a{grad.data + g * kg, DType::f32, 1, sh.k};  // dO^T: (k, (n,p,q))
+      const Matrix a{cpu_elements::advance(grad.data, g * kg), DType::f32, 1, sh.k};  // dO^T: (k, (n,p,q))
       Matrix b;
       b.gather_row = &WindowGather::gather;
       b.gather_ctx = &window;

@@ -368,14 +368,16 @@ int64_t batch_stride_of(const TensorRef& t) { return t.rank == 3 ? t.strides[0] 
 Matrix matrix_of(const TensorRef& t, int64_t b, bool transposed = false) {
   Matrix m;
   m.dtype = t.dtype;
-  m.data = t.ptr<char>() + b * gemm_desc::batch_stride(t) * dtype_size(t.dtype);
+  // An empty operand is never read and may carry any strides: no address arithmetic on it.
+  m.data = t.numel() == 0 ? nullptr : t.ptr<char>() + b * gemm_desc::batch_stride(t) * dtype_size(t.dtype);
   m.row_stride = transposed ? t.stride(-1) : t.stride(-2);
   m.col_stride = transposed ? t.stride(-2) : t.stride(-1);
   return m;
 }
 
 Output output_of(const TensorRef& t, int64_t e, int64_t rows, int64_t cols) {
-  return {t.ptr<char>() + e * batch_stride_of(t) * dtype_size(t.dtype), t.dtype, t.stride(-2), rows, cols};
+  char* data = t.numel() == 0 ? nullptr : t.ptr<char>() + e * batch_stride_of(t) * dtype_size(t.dtype);
+  return {data, t.dtype, t.stride(-2), rows, cols};
 }
 
 template <Isa kIsa> Status gemm_can_implement(const GemmArgs& args) {
@@ -409,7 +411,7 @@ template <Isa kIsa> Status gemm_backward_run(const GemmBackwardArgs& args) {
   TensorRef grad = args.grad_c;
   const auto grad_matrix = [&](int64_t b) {
     Matrix m = matrix_of(grad, 0);
-    m.data = grad.ptr<char>() + b * batch_stride_of(grad) * dtype_size(grad.dtype);
+    m.data = grad.numel() == 0 ? nullptr : grad.ptr<char>() + b * batch_stride_of(grad) * dtype_size(grad.dtype);
     return m;
   };
   auto entries_of = [](const TensorRef& t) { return t.rank == 3 ? t.shape[0] : int64_t(1); };
