@@ -87,6 +87,9 @@ struct Masking {
   std::array<int64_t, 4> strides;
   bool causal;
 
+  Masking(const std::optional<TensorRef>& m, bool is_causal)
+      : mask(m), strides(m ? attention_desc::mask_strides(*m) : std::array<int64_t, 4>{}), causal(is_causal) {}
+
   void apply(float* s, int64_t ld, int64_t b, int64_t h, int64_t q0, int64_t rows, int64_t k0, int64_t cols) const {
     const float neg_inf = -std::numeric_limits<float>::infinity();
     if (causal && k0 + cols > q0)
@@ -163,8 +166,7 @@ Status forward(const AttentionArgs& args) {
   const float scale = float(attention_desc::scale_of(args.scale, sh.head_dim));
   const MicroKernel& mk = *cpu_gemm::micro_kernel_f32_avx512();
   const int64_t E = sh.head_dim, Ev = sh.value_dim, Lk = sh.seq_k, Lq = sh.seq_q;
-  const Masking masking{args.mask, args.mask ? attention_desc::mask_strides(*args.mask) : std::array<int64_t, 4>{},
-                        args.causal};
+  const Masking masking(args.mask, args.causal);
   const int threads = cpu::threads_for_call();
   const PackedKv kv(args.k, args.v, sh, false, threads);
 
@@ -226,8 +228,7 @@ Status backward(const AttentionBackwardArgs& args) {
   const float scale = float(attention_desc::scale_of(args.scale, sh.head_dim));
   const MicroKernel& mk = *cpu_gemm::micro_kernel_f32_avx512();
   const int64_t E = sh.head_dim, Ev = sh.value_dim, Lk = sh.seq_k, Lq = sh.seq_q;
-  const Masking masking{args.mask, args.mask ? attention_desc::mask_strides(*args.mask) : std::array<int64_t, 4>{},
-                        args.causal};
+  const Masking masking(args.mask, args.causal);
   const int threads = cpu::threads_for_call();
   const PackedKv kv(args.k, args.v, sh, true, threads);
 
