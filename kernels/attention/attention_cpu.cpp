@@ -326,12 +326,8 @@ Status backward(const AttentionBackwardArgs& args) {
   return Status::Ok();
 }
 
-Status avx512_present() {
-  if (cpu::cpu_info().avx512) return Status::Ok();
-  return unsupported("this CPU lacks avx512 (" + cpu::cpu_info().describe() + ")");
-}
-Status can_implement(const AttentionArgs&) { return avx512_present(); }
-Status backward_can_implement(const AttentionBackwardArgs&) { return avx512_present(); }
+Status can_implement(const AttentionArgs&) { return cpu_gemm::isa_present(cpu_gemm::Isa::avx512); }
+Status backward_can_implement(const AttentionBackwardArgs&) { return cpu_gemm::isa_present(cpu_gemm::Isa::avx512); }
 
 }  // namespace
 

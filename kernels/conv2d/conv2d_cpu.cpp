@@ -268,27 +268,17 @@ Status backward(const Conv2dBackwardArgs& args, const MicroKernel& kernel) {
 }
 
 // ------------------------------------------------------------------ kernel records
-enum class Isa { avx512, avx2 };
+using cpu_gemm::Isa;
+using cpu_gemm::isa_present;
+using cpu_gemm::kernel_for;
 
-const MicroKernel* kernel_for(Isa isa) {
-  const cpu::CpuInfo& info = cpu::cpu_info();
-  if (isa == Isa::avx512) return info.avx512 ? cpu_gemm::micro_kernel_f32_avx512() : nullptr;
-  return info.avx2 ? cpu_gemm::micro_kernel_f32_avx2() : nullptr;
-}
-
-template <Isa kIsa> Status isa_present() {
-  if (kernel_for(kIsa)) return Status::Ok();
-  return unsupported(std::string("this CPU lacks ") + (kIsa == Isa::avx512 ? "avx512" : "avx2") + " (" +
-                     cpu::cpu_info().describe() + ")");
-}
-
-template <Isa kIsa> Status forward_can_implement(const Conv2dArgs&) { return isa_present<kIsa>(); }
+template <Isa kIsa> Status forward_can_implement(const Conv2dArgs&) { return isa_present(kIsa); }
 template <Isa kIsa> Status forward_run(const Conv2dArgs& args) { return forward(args, *kernel_for(kIsa)); }
-template <Isa kIsa> Status backward_can_implement(const Conv2dBackwardArgs&) { return isa_present<kIsa>(); }
+template <Isa kIsa> Status backward_can_implement(const Conv2dBackwardArgs&) { return isa_present(kIsa); }
 template <Isa kIsa> Status backward_run(const Conv2dBackwardArgs& args) { return backward(args, *kernel_for(kIsa)); }
 
 template <Isa kIsa> void add_records(dispatch::KernelTables& tables, DType dtype, int priority) {
-  const std::string variant = kIsa == Isa::avx512 ? "avx512" : "avx2";
+  const std::string variant = cpu_gemm::isa_name(kIsa);
   tables.add(dispatch::KernelRecord<Conv2dArgs>{dispatch::kernel_name(Op::conv2d, dtype, "cpu", variant), "cpu", dtype,
                                                 priority, &forward_can_implement<kIsa>, &forward_run<kIsa>});
   tables.add(dispatch::KernelRecord<Conv2dBackwardArgs>{dispatch::kernel_name(Op::conv2d_backward, dtype, "cpu", variant),

@@ -205,12 +205,28 @@ void finish_any(const Output& c, const float* acc, int64_t ld_acc, float alpha, 
 
 }  // namespace
 
-const MicroKernel* best_kernel(DType dtype, bool allow_bf16_pairs) {
+const MicroKernel* kernel_for(Isa isa) {
   const cpu::CpuInfo& info = cpu::cpu_info();
-  if (dtype == DType::bf16 && allow_bf16_pairs && info.avx512_bf16) return micro_kernel_bf16_avx512();
-  if (info.avx512) return micro_kernel_f32_avx512();
-  if (info.avx2) return micro_kernel_f32_avx2();
+  switch (isa) {
+    case Isa::avx512_bf16: return info.avx512_bf16 ? micro_kernel_bf16_avx512() : nullptr;
+    case Isa::avx512: return info.avx512 ? micro_kernel_f32_avx512() : nullptr;
+    case Isa::avx2: return info.avx2 ? micro_kernel_f32_avx2() : nullptr;
+  }
   return nullptr;
+}
+
+const char* isa_name(Isa isa) {
+  switch (isa) {
+    case Isa::avx512_bf16: return "avx512bf16";
+    case Isa::avx512: return "avx512";
+    case Isa::avx2: return "avx2";
+  }
+  return "?";
+}
+
+Status isa_present(Isa isa) {
+  if (kernel_for(isa)) return Status::Ok();
+  return unsupported(std::string("this CPU lacks ") + isa_name(isa) + " (" + cpu::cpu_info().describe() + ")");
 }
 
 Status run(const std::vector<Term>& terms, const Output& c, float alpha, float beta, const void* bias,
@@ -326,32 +342,6 @@ Status run(const std::vector<Term>& terms, const Output& c, float alpha, float b
 
 // ------------------------------------------------------------------ kernel records
 namespace {
-
-enum class Isa { avx512_bf16, avx512, avx2 };
-
-const MicroKernel* kernel_for(Isa isa) {
-  const cpu::CpuInfo& info = cpu::cpu_info();
-  switch (isa) {
-    case Isa::avx512_bf16: return info.avx512_bf16 ? micro_kernel_bf16_avx512() : nullptr;
-    case Isa::avx512: return info.avx512 ? micro_kernel_f32_avx512() : nullptr;
-    case Isa::avx2: return info.avx2 ? micro_kernel_f32_avx2() : nullptr;
-  }
-  return nullptr;
-}
-
-const char* isa_name(Isa isa) {
-  switch (isa) {
-    case Isa::avx512_bf16: return "avx512bf16";
-    case Isa::avx512: return "avx512";
-    case Isa::avx2: return "avx2";
-  }
-  return "?";
-}
-
-Status isa_present(Isa isa) {
-  if (kernel_for(isa)) return Status::Ok();
-  return unsupported(std::string("this CPU lacks ") + isa_name(isa) + " (" + cpu::cpu_info().describe() + ")");
-}
 
 Status unit_column_stride(const TensorRef& t, const char* name) {
   if (t.dim(-1) <= 1 || t.stride(-1) == 1) return Status::Ok();

@@ -76,7 +76,12 @@ struct Output {
 Status run(const std::vector<Term>& terms, const Output& c, float alpha, float beta, const void* bias,
            int64_t bias_stride, const MicroKernel& kernel);
 
-// The micro-kernel the driver uses for operands of this dtype on this CPU, or null.
-const MicroKernel* best_kernel(DType dtype, bool allow_bf16_pairs = true);
+// The ISA variants of the cpu kernels, shared by gemm, conv2d and attention records.
+enum class Isa { avx512_bf16, avx512, avx2 };
+const char* isa_name(Isa isa);
+// The micro-kernel of that ISA if this CPU has it, else null.
+const MicroKernel* kernel_for(Isa isa);
+// Ok, or "this CPU lacks <isa> (<what it has>)": the records' can_implement reason.
+Status isa_present(Isa isa);
 
 }  // namespace anvil::cpu_gemm
