@@ -1,0 +1,112 @@
+// oneDNN as the oneapi backend sees it: the engine and a stream per thread, the mapping of
+// anvil dtypes and strided views onto memory descriptors, a cache of created primitives,
+// and the translation of oneDNN errors into Status. No op math here.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <list>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include <oneapi/dnnl/dnnl.hpp>
+
+#include "anvil/status.h"
+#include "anvil/tensor.h"
+
+namespace anvil::oneapi {
+
+// Ok when oneDNN's CPU engine could be created; otherwise why not.
+Status available();
+const dnnl::engine& engine();
+// "oneDNN 3.2.0 (cpu runtime OMP, isa avx512_core_amx)" for explain and the README.
+std::string describe();
+
+// oneDNN's data type for an anvil dtype; data_type::undef for f64 and boolean, which the
+// primitives used here do not take.
+dnnl::memory::data_type data_type(DType dtype);
+
+// A strided operand as a primitive sees it: logical dims (size-1 dims broadcast where
+// the primitive allows it), element strides, and the address of element 0.
+struct Operand {
+  DType dtype = DType::f32;
+  std::vector<int64_t> dims, strides;
+  void* data = nullptr;
+
+  dnnl::memory::desc desc() const;
+  dnnl::memory memory() const;
+  int64_t numel() const;
+};
+Operand operand_of(const TensorRef& t);
+// A dense row-major operand over `data` (a workspace).
+Operand dense(DType dtype, std::vector<int64_t> dims, void* data);
+
+// Builds cache keys from the values that decide a primitive (dims, strides, dtypes,
+// attributes): binary, not formatted.
+class Key {
+ public:
+  explicit Key(const char* kind) : bytes_(kind) {}
+  Key& add(int64_t v) {
+    bytes_.append(reinterpret_cast<const char*>(&v), sizeof v);
+    return *this;
+  }
+  Key& add(double v) {
+    bytes_.append(reinterpret_cast<const char*>(&v), sizeof v);
+    return *this;
+  }
+  Key& add(const Operand& op);
+  const std::string& str() const { return bytes_; }
+
+ private:
+  std::string bytes_;
+};
+
+// Primitives by key, so that a repeated call creates nothing (creating a primitive
+// descriptor costs tens of microseconds, a JIT kernel milliseconds). Least recently used
+// entries are dropped beyond the capacity. Thread-safe; entries are immutable.
+template <class Entry> class PrimitiveCache {
+ public:
+  explicit PrimitiveCache(size_t capacity = 512) : capacity_(capacity) {}
+
+  // The entry for key, made by make() (which may throw dnnl::error) on a miss.
+  std::shared_ptr<const Entry> get(const Key& key, const std::function<Entry()>& make) {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      auto it = map_.find(key.str());
+      if (it != map_.end()) {
+        order_.splice(order_.begin(), order_, it->second.second);
+        return it->second.first;
+      }
+    }
+    auto entry = std::make_shared<const Entry>(make());  // outside the lock: may JIT for ms
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto [it, inserted] = map_.try_emplace(key.str(), entry, order_.end());
+    if (!inserted) return it->second.first;  // another thread made it first
+    order_.push_front(key.str());
+    it->second.second = order_.begin();
+    if (map_.size() > capacity_) {
+      map_.erase(order_.back());
+      order_.pop_back();
+    }
+    return entry;
+  }
+
+ private:
+  size_t capacity_;
+  std::mutex mutex_;
+  std::list<std::string> order_;  // most recent first
+  std::unordered_map<std::string, std::pair<std::shared_ptr<const Entry>, std::list<std::string>::iterator>> map_;
+};
+
+// Runs a primitive on this thread's stream with anvil's CPU thread budget (one thread
+// inside an enclosing parallel region) and waits for it.
+void execute(const dnnl::primitive& primitive, const std::unordered_map<int, dnnl::memory>& args);
+
+// Runs body, turning a dnnl::error or an allocation failure into a Status that names what
+// was being done ("matmul primitive descriptor: ...").
+Status guarded(const char* what, const std::function<void()>& body);
+
+}  // namespace anvil::oneapi

@@ -1,0 +1,263 @@
+// conv2d forward and backward (data, weights, bias) on oneDNN convolution primitives.
+//
+// Image operands keep the caller's layout (NHWC from torch channels_last, NCHW, or any
+// strides) whenever oneDNN has an implementation for it, so activations are not copied;
+// weights are given to oneDNN in the format it prefers (`any`), reordered from the
+// caller's tensor on every call, as torch does for an unpacked weight. When oneDNN has no
+// implementation for the caller's image strides, all operands go through its preferred
+// formats and are reordered in and out.
+// Groups are oneDNN's 5-D weights (G, K/G, C/G, R, S); torch's symmetric padding with a
+// floor output size becomes oneDNN's (left, right) padding, right = what the last window
+// actually uses.
+#include <vector>
+
+#include "dispatch/kernel_record.h"
+#include "kernels/common/primitives_oneapi.h"
+#include "kernels/conv2d/conv2d_desc.h"
+
+namespace anvil::oneapi_conv {
+namespace {
+
+using dnnl::memory;
+using oneapi::Operand;
+using prop = dnnl::prop_kind;
+
+struct Geometry {
+  memory::dims strides, dilates, padding_l, padding_r;
+};
+
+Geometry geometry_of(const conv2d_desc::Shape& s, const Conv2dParams& p) {
+  const int64_t right_h = (s.p - 1) * p.stride_h + (s.r - 1) * p.dilation_h + 1 - s.h - p.pad_h;
+  const int64_t right_w = (s.q - 1) * p.stride_w + (s.s - 1) * p.dilation_w + 1 - s.w - p.pad_w;
+  return {{p.stride_h, p.stride_w}, {p.dilation_h - 1, p.dilation_w - 1}, {p.pad_h, p.pad_w}, {right_h, right_w}};
+}
+
+// (K, C/G, R, S), or (G, K/G, C/G, R, S) when grouped.
+Operand weights_of(const TensorRef& w, int64_t groups) {
+  Operand op = oneapi::operand_of(w);
+  if (groups == 1) return op;
+  op.dims = {groups, w.shape[0] / groups, w.shape[1], w.shape[2], w.shape[3]};
+  op.strides.insert(op.strides.begin(), w.strides[0] * (w.shape[0] / groups));
+  return op;
+}
+
+Operand bias_of(const TensorRef& b) { return oneapi::operand_of(b); }
+
+oneapi::Key plan_key(const char* kind, const std::vector<const Operand*>& ops, const Conv2dParams& p) {
+  oneapi::Key key(kind);
+  for (const Operand* op : ops)
+    if (op) key.add(*op);
+  for (int64_t v : {p.stride_h, p.stride_w, p.pad_h, p.pad_w, p.dilation_h, p.dilation_w, p.groups}) key.add(v);
+  return key;
+}
+
+// A memory in the format a primitive wants: the caller's operand itself when the formats
+// agree, else a workspace (reordered from the caller's operand when it is an input).
+class Bound {
+ public:
+  Bound(const Operand& user, const memory::desc& wanted, bool is_input) : user_(user) {
+    const memory::desc mine = user.desc();
+    if (wanted == mine) {
+      memory_ = user.memory();
+      return;
+    }
+    storage_.resize(wanted.get_size());
+    memory_ = memory(wanted, oneapi::engine(), storage_.data());
+    if (is_input) oneapi::execute(dnnl::reorder(user.memory(), memory_), {{DNNL_ARG_FROM, user.memory()}, {DNNL_ARG_TO, memory_}});
+  }
+  const memory& get() const { return memory_; }
+  // Writes a workspace output back to the caller's operand.
+  void write_back() const {
+    if (storage_.empty()) return;
+    const memory dst = user_.memory();
+    oneapi::execute(dnnl::reorder(memory_, dst), {{DNNL_ARG_FROM, memory_}, {DNNL_ARG_TO, dst}});
+  }
+
+ private:
+  Operand user_;
+  std::vector<char> storage_;
+  memory memory_;
+};
+
+memory::desc any_like(const Operand& op) {
+  return memory::desc(op.dims, oneapi::data_type(op.dtype), memory::format_tag::any);
+}
+
+// Forward primitive descriptor, preferring the caller's image layouts.
+dnnl::convolution_forward::primitive_desc forward_pd(prop kind, const Operand& src, const Operand& weights,
+                                                     const Operand* bias, const Operand& dst, const Geometry& g) {
+  const memory::desc bias_desc = bias ? bias->desc() : memory::desc();
+  auto make = [&](const memory::desc& s, const memory::desc& d) {
+    return dnnl::convolution_forward::primitive_desc(oneapi::engine(), kind, dnnl::algorithm::convolution_direct, s,
+                                                     any_like(weights), bias_desc, d, g.strides, g.dilates,
+                                                     g.padding_l, g.padding_r);
+  };
+  try {
+    return make(src.desc(), dst.desc());
+  } catch (const dnnl::error& e) {
+    if (e.status != dnnl_unimplemented) throw;
+    return make(any_like(src), any_like(dst));
+  }
+}
+
+// ------------------------------------------------------------------ forward
+struct ForwardPlan {
+  dnnl::convolution_forward::primitive_desc pd;
+  dnnl::convolution_forward primitive;
+};
+
+Status can_implement(const Conv2dArgs&) { return oneapi::available(); }
+Status can_implement_backward(const Conv2dBackwardArgs&) { return oneapi::available(); }
+
+// out = bias (or 0) when the reduction over (C/G, R, S) is empty.
+Status write_bias_only(const Operand& out, const std::optional<TensorRef>& bias) {
+  ANVIL_RETURN_IF_ERROR(oneapi::fill_zero(out));
+  if (!bias) return Status::Ok();
+  const Operand b{bias->dtype, {1, bias->shape[0], 1, 1}, {0, bias->strides[0], 0, 0}, bias->ptr()};
+  return oneapi::add(out, b, out);
+}
+
+Status forward_run(const Conv2dArgs& args) {
+  const auto s = conv2d_desc::shape_of(args.input, args.weight, args.params);
+  if (s.n == 0 || s.k == 0 || s.p == 0 || s.q == 0) return Status::Ok();
+  const Operand src = oneapi::operand_of(args.input), dst = oneapi::operand_of(args.output);
+  if (s.c == 0) return write_bias_only(dst, args.bias);
+  const Operand weights = weights_of(args.weight, s.groups);
+  std::optional<Operand> bias;
+  if (args.bias) bias = bias_of(*args.bias);
+  const Geometry g = geometry_of(s, args.params);
+  static oneapi::PrimitiveCache<ForwardPlan> cache;
+  return oneapi::guarded("convolution forward", [&] {
+    auto plan = cache.get(plan_key("conv_fwd", {&src, &weights, bias ? &*bias : nullptr, &dst}, args.params), [&] {
+      auto pd = forward_pd(prop::forward_inference, src, weights, bias ? &*bias : nullptr, dst, g);
+      return ForwardPlan{pd, dnnl::convolution_forward(pd)};
+    });
+    const Bound in(src, plan->pd.src_desc(), true), wt(weights, plan->pd.weights_desc(), true),
+        out(dst, plan->pd.dst_desc(), false);
+    std::unordered_map<int, memory> exec_args = {{DNNL_ARG_SRC, in.get()}, {DNNL_ARG_WEIGHTS, wt.get()},
+                                                 {DNNL_ARG_DST, out.get()}};
+    if (bias) exec_args.emplace(DNNL_ARG_BIAS, bias->memory());
+    oneapi::execute(plan->primitive, exec_args);
+    out.write_back();
+  });
+}
+
+// ------------------------------------------------------------------ backward
+struct BackwardDataPlan {
+  dnnl::convolution_backward_data::primitive_desc pd;
+  dnnl::convolution_backward_data primitive;
+};
+struct BackwardWeightsPlan {
+  dnnl::convolution_backward_weights::primitive_desc pd;
+  dnnl::convolution_backward_weights primitive;
+};
+
+Status backward_data(const Operand& diff_dst, const Operand& weights, const Operand& diff_src, const Geometry& g,
+                     const Conv2dParams& p) {
+  static oneapi::PrimitiveCache<BackwardDataPlan> cache;
+  return oneapi::guarded("convolution backward data", [&] {
+    auto plan = cache.get(plan_key("conv_bwd_data", {&diff_dst, &weights, &diff_src}, p), [&] {
+      const auto hint = forward_pd(prop::forward_training, diff_src, weights, nullptr, diff_dst, g);
+      auto make = [&](const memory::desc& ds, const memory::desc& dd) {
+        return dnnl::convolution_backward_data::primitive_desc(oneapi::engine(), dnnl::algorithm::convolution_direct,
+                                                               ds, any_like(weights), dd, g.strides, g.dilates,
+                                                               g.padding_l, g.padding_r, hint);
+      };
+      dnnl::convolution_backward_data::primitive_desc pd;
+      try {
+        pd = make(diff_src.desc(), diff_dst.desc());
+      } catch (const dnnl::error& e) {
+        if (e.status != dnnl_unimplemented) throw;
+        pd = make(any_like(diff_src), any_like(diff_dst));
+      }
+      return BackwardDataPlan{pd, dnnl::convolution_backward_data(pd)};
+    });
+    const Bound dd(diff_dst, plan->pd.diff_dst_desc(), true), wt(weights, plan->pd.weights_desc(), true),
+        ds(diff_src, plan->pd.diff_src_desc(), false);
+    oneapi::execute(plan->primitive,
+                    {{DNNL_ARG_DIFF_DST, dd.get()}, {DNNL_ARG_WEIGHTS, wt.get()}, {DNNL_ARG_DIFF_SRC, ds.get()}});
+    ds.write_back();
+  });
+}
+
+Status backward_weights(const Operand& src, const Operand& diff_dst, const Operand* diff_weights,
+                        const Operand* diff_bias, const Operand& weights_shape, const Geometry& g,
+                        const Conv2dParams& p) {
+  static oneapi::PrimitiveCache<BackwardWeightsPlan> cache;
+  return oneapi::guarded("convolution backward weights", [&] {
+    auto plan = cache.get(plan_key("conv_bwd_weights", {&src, &diff_dst, &weights_shape, diff_bias}, p), [&] {
+      const auto hint = forward_pd(prop::forward_training, src, weights_shape, diff_bias, diff_dst, g);
+      const memory::desc bias_desc = diff_bias ? diff_bias->desc() : memory::desc();
+      auto make = [&](const memory::desc& s, const memory::desc& dd) {
+        return dnnl::convolution_backward_weights::primitive_desc(
+            oneapi::engine(), dnnl::algorithm::convolution_direct, s, any_like(weights_shape), bias_desc, dd,
+            g.strides, g.dilates, g.padding_l, g.padding_r, hint);
+      };
+      dnnl::convolution_backward_weights::primitive_desc pd;
+      try {
+        pd = make(src.desc(), diff_dst.desc());
+      } catch (const dnnl::error& e) {
+        if (e.status != dnnl_unimplemented) throw;
+        pd = make(any_like(src), any_like(diff_dst));
+      }
+      return BackwardWeightsPlan{pd, dnnl::convolution_backward_weights(pd)};
+    });
+    // The weight gradient is always computed (oneDNN has no bias-only primitive); without
+    // a caller tensor it lands in a workspace and is dropped.
+    std::vector<char> unused;
+    const Operand dw = diff_weights ? *diff_weights : [&] {
+      unused.resize(size_t(weights_shape.numel()) * dtype_size(weights_shape.dtype));
+      return oneapi::dense(weights_shape.dtype, weights_shape.dims, unused.data());
+    }();
+    const Bound in(src, plan->pd.src_desc(), true), dd(diff_dst, plan->pd.diff_dst_desc(), true),
+        dwt(dw, plan->pd.diff_weights_desc(), false);
+    std::unordered_map<int, memory> exec_args = {
+        {DNNL_ARG_SRC, in.get()}, {DNNL_ARG_DIFF_DST, dd.get()}, {DNNL_ARG_DIFF_WEIGHTS, dwt.get()}};
+    if (diff_bias) exec_args.emplace(DNNL_ARG_DIFF_BIAS, diff_bias->memory());
+    oneapi::execute(plan->primitive, exec_args);
+    dwt.write_back();
+  });
+}
+
+Status backward_run(const Conv2dBackwardArgs& args) {
+  const auto s = conv2d_desc::shape_of(args.input, args.weight, args.params);
+  const Operand diff_dst = oneapi::operand_of(args.grad_output);
+  const Operand weights = weights_of(args.weight, s.groups);
+  std::optional<Operand> diff_src, diff_weights, diff_bias;
+  if (args.grad_input && args.grad_input->numel() > 0) diff_src = oneapi::operand_of(*args.grad_input);
+  if (args.grad_weight && args.grad_weight->numel() > 0) diff_weights = weights_of(*args.grad_weight, s.groups);
+  if (args.grad_bias && args.grad_bias->numel() > 0) diff_bias = bias_of(*args.grad_bias);
+  // Empty sums (no output pixels, or no channels on the other side) are zeros.
+  const bool no_pixels = s.n == 0 || s.p == 0 || s.q == 0;
+  if (no_pixels || s.k == 0) {
+    for (const auto* op : {&diff_src, &diff_weights, &diff_bias})
+      if (*op) ANVIL_RETURN_IF_ERROR(oneapi::fill_zero(**op));
+    return Status::Ok();
+  }
+  const Geometry g = geometry_of(s, args.params);
+  if (diff_src) ANVIL_RETURN_IF_ERROR(backward_data(diff_dst, weights, *diff_src, g, args.params));
+  if (s.c == 0) {  // no weights: only the bias gradient remains
+    if (diff_weights) ANVIL_RETURN_IF_ERROR(oneapi::fill_zero(*diff_weights));
+    if (!diff_bias) return Status::Ok();
+    const Operand sums{diff_bias->dtype, {1, s.k, 1, 1}, {0, diff_bias->strides[0], 0, 0}, diff_bias->data};
+    return oneapi::reduce_sum(diff_dst, sums);
+  }
+  if (!diff_weights && !diff_bias) return Status::Ok();
+  const Operand src = oneapi::operand_of(args.input);
+  return backward_weights(src, diff_dst, diff_weights ? &*diff_weights : nullptr, diff_bias ? &*diff_bias : nullptr,
+                          weights, g, args.params);
+}
+
+}  // namespace
+
+void add_conv2d_kernels(dispatch::KernelTables& tables, int priority) {
+  for (DType dtype : {DType::f32, DType::bf16, DType::f16}) {
+    tables.add(dispatch::KernelRecord<Conv2dArgs>{dispatch::kernel_name(Op::conv2d, dtype, "oneapi", "conv"), "oneapi",
+                                                  dtype, priority, &can_implement, &forward_run});
+    tables.add(dispatch::KernelRecord<Conv2dBackwardArgs>{
+        dispatch::kernel_name(Op::conv2d_backward, dtype, "oneapi", "conv"), "oneapi", dtype, priority,
+        &can_implement_backward, &backward_run});
+  }
+}
+
+}  // namespace anvil::oneapi_conv

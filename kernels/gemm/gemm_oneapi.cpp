@@ -1,0 +1,97 @@
+// GEMM and its backward on oneDNN matmul primitives (CPU engine).
+//
+// Every operand is passed to oneDNN as the caller's strided view (transposes and padded
+// leading dims are strides), so no user tensor is copied. alpha is a weights scale and
+// beta a sum post-op, so bias is not scaled: c = alpha * a @ b + bias + beta * c.
+// A gradient of an operand broadcast over the batch is a matmul into an f32 workspace
+// per batch entry followed by a reduction primitive.
+#include <vector>
+
+#include "dispatch/kernel_record.h"
+#include "kernels/common/primitives_oneapi.h"
+#include "kernels/gemm/gemm_desc.h"
+
+namespace anvil::oneapi_gemm {
+namespace {
+
+using oneapi::Operand;
+
+// (batch, rows, cols) operand of a 2-D or 3-D matrix view; batch 1 (broadcast in oneDNN's
+// matmul) when the view has no batch dim, a batch of 1 or a batch stride of 0.
+Operand matrix3(const TensorRef& t, bool transposed = false) {
+  Operand op = oneapi::operand_of(t);
+  if (t.rank == 2) {
+    op.dims.insert(op.dims.begin(), 1);
+    op.strides.insert(op.strides.begin(), 0);
+  } else if (op.strides[0] == 0) {
+    op.dims[0] = 1;
+  }
+  if (transposed) {
+    std::swap(op.dims[1], op.dims[2]);
+    std::swap(op.strides[1], op.strides[2]);
+  }
+  return op;
+}
+
+Status can_implement(const GemmArgs&) { return oneapi::available(); }
+Status can_implement_backward(const GemmBackwardArgs&) { return oneapi::available(); }
+
+Status gemm_run(const GemmArgs& args) {
+  const auto s = gemm_desc::shape_of(args);
+  if (s.batch == 0 || s.m == 0 || s.n == 0) return Status::Ok();
+  oneapi::MatmulEpilogue epilogue{args.alpha, args.beta, std::nullopt};
+  if (args.bias) epilogue.bias = Operand{args.bias->dtype, {1, 1, s.n}, {0, 0, args.bias->strides[0]}, args.bias->ptr()};
+  const Operand c = matrix3(args.c);
+  if (s.k > 0) return oneapi::matmul(matrix3(args.a), matrix3(args.b), c, epilogue);
+  // An empty product: oneDNN's matmul then skips its epilogue, so apply it here.
+  if (args.beta == 0.0) ANVIL_RETURN_IF_ERROR(oneapi::fill_zero(c));  // c is not read
+  else if (args.beta != 1.0) ANVIL_RETURN_IF_ERROR(oneapi::scale(c, args.beta));
+  return epilogue.bias ? oneapi::add(c, *epilogue.bias, c) : Status::Ok();
+}
+
+// dst (possibly broadcast over the batch) = alpha * sum over the batch entries that read it
+// of src @ weights, where src and weights span the full batch of the call.
+Status product_into(const Operand& src, const Operand& weights, const Operand& dst, int64_t batch, double alpha) {
+  if (dst.dims[0] == batch) return oneapi::matmul(src, weights, dst, {alpha, 0.0, std::nullopt});
+  std::vector<float> per_entry(size_t(batch * dst.dims[1] * dst.dims[2]));
+  const Operand partial = oneapi::dense(DType::f32, {batch, dst.dims[1], dst.dims[2]}, per_entry.data());
+  ANVIL_RETURN_IF_ERROR(oneapi::matmul(src, weights, partial, {alpha, 0.0, std::nullopt}));
+  return oneapi::reduce_sum(partial, dst);
+}
+
+Status gemm_backward_run(const GemmBackwardArgs& args) {
+  const auto s = gemm_desc::shape_of(args);
+  const Operand grad_c = matrix3(args.grad_c);
+  const bool empty = s.batch == 0 || s.m == 0 || s.n == 0;
+  if (args.grad_a && args.grad_a->numel() > 0) {  // grad_a = alpha * grad_c @ b^T
+    const Operand grad_a = matrix3(*args.grad_a);
+    if (empty) ANVIL_RETURN_IF_ERROR(oneapi::fill_zero(grad_a));
+    else ANVIL_RETURN_IF_ERROR(product_into(grad_c, matrix3(args.b, true), grad_a, s.batch, args.alpha));
+  }
+  if (args.grad_b && args.grad_b->numel() > 0) {  // grad_b = alpha * a^T @ grad_c
+    const Operand grad_b = matrix3(*args.grad_b);
+    if (s.batch == 0 || s.m == 0) ANVIL_RETURN_IF_ERROR(oneapi::fill_zero(grad_b));
+    else ANVIL_RETURN_IF_ERROR(product_into(matrix3(args.a, true), grad_c, grad_b, s.batch, args.alpha));
+  }
+  if (args.grad_bias && s.n > 0) {  // grad_bias = sum of grad_c over batch and rows
+    const Operand grad_bias{args.grad_bias->dtype, {1, 1, s.n}, {0, 0, args.grad_bias->strides[0]},
+                            args.grad_bias->ptr()};
+    if (s.batch == 0 || s.m == 0) ANVIL_RETURN_IF_ERROR(oneapi::fill_zero(grad_bias));
+    else ANVIL_RETURN_IF_ERROR(oneapi::reduce_sum(grad_c, grad_bias));
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+void add_gemm_kernels(dispatch::KernelTables& tables, int priority) {
+  for (DType dtype : {DType::f32, DType::bf16, DType::f16}) {
+    tables.add(dispatch::KernelRecord<GemmArgs>{dispatch::kernel_name(Op::gemm, dtype, "oneapi", "matmul"), "oneapi",
+                                                dtype, priority, &can_implement, &gemm_run});
+    tables.add(dispatch::KernelRecord<GemmBackwardArgs>{dispatch::kernel_name(Op::gemm_backward, dtype, "oneapi", "matmul"),
+                                                        "oneapi", dtype, priority, &can_implement_backward,
+                                                        &gemm_backward_run});
+  }
+}
+
+}  // namespace anvil::oneapi_gemm
