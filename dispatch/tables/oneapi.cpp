@@ -10,6 +10,9 @@ void add_gemm_kernels(dispatch::KernelTables& tables, int priority);
 namespace anvil::oneapi_conv {
 void add_conv2d_kernels(dispatch::KernelTables& tables, int priority);
 }  // namespace anvil::oneapi_conv
+namespace anvil::oneapi_attention {
+void add_attention_kernels(dispatch::KernelTables& tables, int priority);
+}  // namespace anvil::oneapi_attention
 
 namespace anvil::dispatch {
 
@@ -17,6 +20,7 @@ void register_oneapi(KernelTables& tables) {
   tables.add_backend({"oneapi", {DeviceType::host}, [] { return oneapi::available(); }});
   oneapi_gemm::add_gemm_kernels(tables, 50);
   oneapi_conv::add_conv2d_kernels(tables, 50);
+  oneapi_attention::add_attention_kernels(tables, 50);
 }
 
 }  // namespace anvil::dispatch

@@ -1,0 +1,313 @@
+// Attention forward and backward composed of oneDNN primitives (CPU engine).
+//
+// oneDNN 3.2 (the PyPI CPU build anvil uses) has no fused SDPA for this engine outside
+// its experimental graph compiler, so a block of query rows at a time is computed with
+// materialised scores, in f32:
+//   forward   S = scale * Q K^T  (matmul, alpha)      S += mask     (binary add)
+//             P = softmax(S)     (softmax, in place)  O = P V       (matmul)
+//   backward  P as above; dP = dO V^T; dS = P * (dP - rowsum(P * dP))  (softmax backward)
+//             dQ = scale * dS K;  dV += P^T dO;  dK += scale * dS^T Q  (matmul, sum post-op)
+// Blocks are (batch entries, query rows) chosen so that S, (nb, H, qb, Lk) in f32, stays
+// within score_budget(). Heads are split (kv head, group) so that GQA/MQA read the kv head
+// in place (a broadcast dim of the matmul). Causal masks and boolean masks become an
+// additive f32 mask built once per call. A fully masked row gets out = 0 and lse = -inf,
+// as in the reference; lse = max - log(P[argmax]) reuses the softmax's normalisation.
+// f16/bf16 operands are converted to f32 once; f32 operands are read in place.
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <limits>
+#include <vector>
+
+#include "dispatch/kernel_record.h"
+#include "kernels/attention/attention_desc.h"
+#include "kernels/common/cpu_elements.h"
+#include "kernels/common/primitives_oneapi.h"
+
+namespace anvil::oneapi_attention {
+namespace {
+
+using oneapi::Operand;
+
+// Bytes of f32 scores per block: 64 MiB, or ANVIL_ONEAPI_SCORE_BUDGET (tests set it tiny
+// to walk the blocked paths on small shapes).
+int64_t score_budget() {
+  static const int64_t budget = [] {
+    const char* env = std::getenv("ANVIL_ONEAPI_SCORE_BUDGET");
+    const int64_t v = env ? std::atoll(env) : 0;
+    return v > 0 ? v : int64_t(64) << 20;
+  }();
+  return budget;
+}
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+// A (B, heads, L, D) tensor as f32: the caller's view when it is f32, else a converted copy.
+struct F32Tensor {
+  std::vector<float> storage;
+  Operand op;
+};
+
+Status as_f32(const TensorRef& t, F32Tensor* out) {
+  out->op = oneapi::operand_of(t);
+  if (t.dtype == DType::f32) return Status::Ok();
+  out->storage.resize(size_t(t.numel()));
+  const Operand wide = oneapi::dense(DType::f32, out->op.dims, out->storage.data());
+  ANVIL_RETURN_IF_ERROR(oneapi::reorder(out->op, wide));
+  out->op = wide;
+  return Status::Ok();
+}
+
+// An f32 output: the caller's view when it is f32, else a workspace written back by finish().
+struct F32Output {
+  TensorRef user;
+  F32Tensor f32;
+  explicit F32Output(const TensorRef& t) : user(t) {
+    f32.op = oneapi::operand_of(t);
+    if (t.dtype != DType::f32) {
+      f32.storage.resize(size_t(t.numel()));
+      f32.op = oneapi::dense(DType::f32, f32.op.dims, f32.storage.data());
+    }
+  }
+  Status finish() const {
+    return user.dtype == DType::f32 ? Status::Ok() : oneapi::reorder(f32.op, oneapi::operand_of(user));
+  }
+};
+
+// Rows [i0, i0 + rows) of batch entries [b0, b0 + nb) of a (B, H, L, D) tensor as
+// (nb, Hkv, G, rows, D): query head h = kv head * G + g.
+Operand query_side(const Operand& t, int64_t b0, int64_t nb, int64_t i0, int64_t rows, int64_t group) {
+  const auto& s = t.strides;
+  Operand v{t.dtype, {nb, t.dims[1] / group, group, rows, t.dims[3]}, {s[0], s[1] * group, s[1], s[2], s[3]},
+            static_cast<char*>(t.data) + (b0 * s[0] + i0 * s[2]) * int64_t(dtype_size(t.dtype))};
+  return v;
+}
+
+// Batch entries [b0, b0 + nb) of a (B, Hkv, L, D) tensor as (nb, Hkv, 1, L, D), or
+// (nb, Hkv, 1, D, L) transposed: one kv head serves the G query heads of its group.
+Operand kv_side(const Operand& t, int64_t b0, int64_t nb, bool transposed = false) {
+  const auto& s = t.strides;
+  Operand v{t.dtype, {nb, t.dims[1], 1, t.dims[2], t.dims[3]}, {s[0], s[1], 0, s[2], s[3]},
+            static_cast<char*>(t.data) + b0 * s[0] * int64_t(dtype_size(t.dtype))};
+  if (transposed) {
+    std::swap(v.dims[3], v.dims[4]);
+    std::swap(v.strides[3], v.strides[4]);
+  }
+  return v;
+}
+
+Operand transposed_last(Operand v) {
+  std::swap(v.dims[v.dims.size() - 1], v.dims[v.dims.size() - 2]);
+  std::swap(v.strides[v.strides.size() - 1], v.strides[v.strides.size() - 2]);
+  return v;
+}
+
+// Fixes g of a 5-D (nb, Hkv, G, rows, D) view: (nb, Hkv, rows, D).
+Operand group_slice(const Operand& v, int64_t g) {
+  return Operand{v.dtype, {v.dims[0], v.dims[1], v.dims[3], v.dims[4]}, {v.strides[0], v.strides[1], v.strides[3], v.strides[4]},
+                 static_cast<char*>(v.data) + g * v.strides[2] * int64_t(dtype_size(v.dtype))};
+}
+
+// The additive mask of a call, f32 (Bm, Hm, Lq, Lk) with Bm, Hm 1 where it broadcasts;
+// empty when there is neither a mask nor causal.
+struct AdditiveMask {
+  std::vector<float> values;
+  int64_t batches = 1, heads = 1;
+};
+
+AdditiveMask additive_mask(const std::optional<TensorRef>& mask, bool causal, const attention_desc::Shape& s) {
+  AdditiveMask m;
+  if (!mask && !causal) return m;
+  std::array<int64_t, 4> st{};
+  if (mask) {
+    st = attention_desc::mask_strides(*mask);
+    m.batches = st[0] ? s.batch : 1;
+    m.heads = st[1] ? s.heads : 1;
+  }
+  m.values.resize(size_t(m.batches * m.heads * s.seq_q * s.seq_k));
+  float* out = m.values.data();
+  for (int64_t b = 0; b < m.batches; ++b)
+    for (int64_t h = 0; h < m.heads; ++h)
+      for (int64_t i = 0; i < s.seq_q; ++i)
+        for (int64_t j = 0; j < s.seq_k; ++j, ++out) {
+          if (causal) {
+            *out = j > i ? kNegInf : 0.0f;
+            continue;
+          }
+          const int64_t at = b * st[0] + h * st[1] + i * st[2] + j * st[3];
+          *out = mask->dtype == DType::boolean ? (mask->ptr<const uint8_t>()[at] ? 0.0f : kNegInf)
+                                               : cpu_elements::load(*mask, at);
+        }
+  return m;
+}
+
+// The block of scores and what is needed to walk blocks.
+struct Problem {
+  attention_desc::Shape s;
+  double scale;
+  AdditiveMask mask;
+  int64_t batch_block, row_block;
+};
+
+Problem problem_of(const TensorRef& q, const TensorRef& k, const TensorRef& v, const std::optional<TensorRef>& mask,
+                   bool causal, const std::optional<double>& scale) {
+  Problem p{attention_desc::shape_of(q, k, v), 0.0, {}, 1, 1};
+  p.scale = attention_desc::scale_of(scale, p.s.head_dim);
+  p.mask = additive_mask(mask, causal, p.s);
+  const int64_t row_bytes = p.s.heads * std::max<int64_t>(p.s.seq_k, 1) * int64_t(sizeof(float));
+  if (p.s.batch * p.s.seq_q * row_bytes <= score_budget()) {
+    p.batch_block = p.s.batch;
+    p.row_block = p.s.seq_q;
+  } else {
+    p.row_block = std::clamp<int64_t>(score_budget() / row_bytes, 1, p.s.seq_q);
+  }
+  return p;
+}
+
+// P = softmax(scale * Q K^T + mask) for one block, into probs (nb, Hkv, G, qb, Lk) dense;
+// row_max receives each row's max score (-inf: fully masked, its P row is zero).
+Status probabilities(const Problem& p, const Operand& q, const Operand& k, int64_t b0, int64_t nb, int64_t i0,
+                     int64_t qb, const Operand& probs, std::vector<float>& row_max, std::vector<int64_t>& row_argmax) {
+  const auto& s = p.s;
+  if (s.head_dim > 0) {
+    ANVIL_RETURN_IF_ERROR(oneapi::matmul(query_side(q, b0, nb, i0, qb, s.group()), kv_side(k, b0, nb, true), probs,
+                                         {p.scale, 0.0, std::nullopt}));
+  } else {
+    ANVIL_RETURN_IF_ERROR(oneapi::fill_zero(probs));
+  }
+  if (!p.mask.values.empty()) {
+    const int64_t plane = s.seq_q * s.seq_k;
+    const bool per_batch = p.mask.batches > 1, per_head = p.mask.heads > 1;
+    const Operand mask{DType::f32,
+                       {per_batch ? nb : 1, per_head ? s.kv_heads : 1, per_head ? s.group() : 1, qb, s.seq_k},
+                       {p.mask.heads * plane, s.group() * plane, plane, s.seq_k, 1},
+                       const_cast<float*>(p.mask.values.data()) + (per_batch ? b0 * p.mask.heads * plane : 0) +
+                           i0 * s.seq_k};
+    ANVIL_RETURN_IF_ERROR(oneapi::add(probs, mask, probs));
+  }
+  const int64_t rows = probs.numel() / s.seq_k;
+  float* scores = static_cast<float*>(probs.data);
+  row_max.resize(size_t(rows));
+  row_argmax.resize(size_t(rows));
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* row = scores + r * s.seq_k;
+    int64_t at = 0;
+    for (int64_t j = 1; j < s.seq_k; ++j)
+      if (row[j] > row[at]) at = j;
+    row_max[size_t(r)] = row[at];
+    row_argmax[size_t(r)] = at;
+  }
+  ANVIL_RETURN_IF_ERROR(oneapi::softmax(probs, probs));
+  for (int64_t r = 0; r < rows; ++r)
+    if (row_max[size_t(r)] == kNegInf) std::fill_n(scores + r * s.seq_k, s.seq_k, 0.0f);  // softmax gave NaN
+  return Status::Ok();
+}
+
+Status can_implement(const AttentionArgs&) { return oneapi::available(); }
+Status can_implement_backward(const AttentionBackwardArgs&) { return oneapi::available(); }
+
+// ------------------------------------------------------------------ forward
+Status forward_run(const AttentionArgs& args) {
+  Problem p = problem_of(args.q, args.k, args.v, args.mask, args.causal, args.scale);
+  const auto& s = p.s;
+  if (s.batch == 0 || s.heads == 0 || s.seq_q == 0) return Status::Ok();
+  F32Output out(args.out);
+  const auto write_lse = [&](int64_t b, int64_t h, int64_t i, float value) {
+    if (args.lse) args.lse->ptr<float>()[b * args.lse->strides[0] + h * args.lse->strides[1] + i * args.lse->strides[2]] = value;
+  };
+  if (s.seq_k == 0) {  // every row is fully masked
+    ANVIL_RETURN_IF_ERROR(oneapi::fill_zero(out.f32.op));
+    for (int64_t b = 0; b < s.batch; ++b)
+      for (int64_t h = 0; h < s.heads; ++h)
+        for (int64_t i = 0; i < s.seq_q; ++i) write_lse(b, h, i, kNegInf);
+    return out.finish();
+  }
+  F32Tensor q, k, v;
+  ANVIL_RETURN_IF_ERROR(as_f32(args.q, &q));
+  ANVIL_RETURN_IF_ERROR(as_f32(args.k, &k));
+  ANVIL_RETURN_IF_ERROR(as_f32(args.v, &v));
+  std::vector<float> probs_storage(size_t(p.batch_block * s.heads * p.row_block * s.seq_k));
+  std::vector<float> row_max;
+  std::vector<int64_t> row_argmax;
+  for (int64_t b0 = 0; b0 < s.batch; b0 += p.batch_block)
+    for (int64_t i0 = 0; i0 < s.seq_q; i0 += p.row_block) {
+      const int64_t nb = std::min(p.batch_block, s.batch - b0), qb = std::min(p.row_block, s.seq_q - i0);
+      const Operand probs = oneapi::dense(DType::f32, {nb, s.kv_heads, s.group(), qb, s.seq_k}, probs_storage.data());
+      ANVIL_RETURN_IF_ERROR(probabilities(p, q.op, k.op, b0, nb, i0, qb, probs, row_max, row_argmax));
+      ANVIL_RETURN_IF_ERROR(oneapi::matmul(probs, kv_side(v.op, b0, nb), query_side(out.f32.op, b0, nb, i0, qb, s.group())));
+      for (int64_t b = 0, r = 0; b < nb; ++b)
+        for (int64_t h = 0; h < s.heads; ++h)
+          for (int64_t i = 0; i < qb; ++i, ++r) {
+            const float m = row_max[size_t(r)];
+            const float at_max = probs_storage[size_t(r * s.seq_k + row_argmax[size_t(r)])];
+            write_lse(b0 + b, h, i0 + i, m == kNegInf ? kNegInf : m - std::log(at_max));
+          }
+    }
+  return out.finish();
+}
+
+// ------------------------------------------------------------------ backward
+Status backward_run(const AttentionBackwardArgs& args) {
+  Problem p = problem_of(args.q, args.k, args.v, args.mask, args.causal, args.scale);
+  const auto& s = p.s;
+  F32Output grad_q(args.grad_q), grad_k(args.grad_k), grad_v(args.grad_v);
+  // dK and dV sum over query rows and the heads of a group: f32 accumulators.
+  std::vector<float> dk_sum(size_t(s.batch * s.kv_heads * s.seq_k * s.head_dim)),
+      dv_sum(size_t(s.batch * s.kv_heads * s.seq_k * s.value_dim));
+  const Operand dk = oneapi::dense(DType::f32, {s.batch, s.kv_heads, s.seq_k, s.head_dim}, dk_sum.data());
+  const Operand dv = oneapi::dense(DType::f32, {s.batch, s.kv_heads, s.seq_k, s.value_dim}, dv_sum.data());
+  const bool empty = s.batch == 0 || s.heads == 0 || s.seq_q == 0 || s.seq_k == 0;
+  if (empty) {
+    ANVIL_RETURN_IF_ERROR(oneapi::fill_zero(grad_q.f32.op));
+  } else {
+    F32Tensor q, k, v, grad_out;
+    ANVIL_RETURN_IF_ERROR(as_f32(args.q, &q));
+    ANVIL_RETURN_IF_ERROR(as_f32(args.k, &k));
+    ANVIL_RETURN_IF_ERROR(as_f32(args.v, &v));
+    ANVIL_RETURN_IF_ERROR(as_f32(args.grad_out, &grad_out));
+    const size_t block = size_t(p.batch_block * s.heads * p.row_block * s.seq_k);
+    std::vector<float> probs_storage(block), grad_storage(block);
+    std::vector<float> row_max;
+    std::vector<int64_t> row_argmax;
+    const int64_t G = s.group();
+    for (int64_t b0 = 0; b0 < s.batch; b0 += p.batch_block)
+      for (int64_t i0 = 0; i0 < s.seq_q; i0 += p.row_block) {
+        const int64_t nb = std::min(p.batch_block, s.batch - b0), qb = std::min(p.row_block, s.seq_q - i0);
+        const std::vector<int64_t> dims = {nb, s.kv_heads, G, qb, s.seq_k};
+        const Operand probs = oneapi::dense(DType::f32, dims, probs_storage.data());
+        const Operand grad = oneapi::dense(DType::f32, dims, grad_storage.data());
+        ANVIL_RETURN_IF_ERROR(probabilities(p, q.op, k.op, b0, nb, i0, qb, probs, row_max, row_argmax));
+        const Operand d_out = query_side(grad_out.op, b0, nb, i0, qb, G);
+        ANVIL_RETURN_IF_ERROR(oneapi::matmul(d_out, kv_side(v.op, b0, nb, true), grad));  // dP
+        ANVIL_RETURN_IF_ERROR(oneapi::softmax_backward(probs, grad, grad));                  // dS
+        ANVIL_RETURN_IF_ERROR(oneapi::matmul(grad, kv_side(k.op, b0, nb), query_side(grad_q.f32.op, b0, nb, i0, qb, G),
+                                             {p.scale, 0.0, std::nullopt}));
+        const Operand q_blk = query_side(q.op, b0, nb, i0, qb, G);
+        const Operand dk_blk = group_slice(kv_side(dk, b0, nb), 0), dv_blk = group_slice(kv_side(dv, b0, nb), 0);
+        for (int64_t g = 0; g < G; ++g) {
+          const double beta = i0 == 0 && g == 0 ? 0.0 : 1.0;  // the first contribution overwrites
+          ANVIL_RETURN_IF_ERROR(oneapi::matmul(transposed_last(group_slice(probs, g)), group_slice(d_out, g), dv_blk,
+                                               {1.0, beta, std::nullopt}));
+          ANVIL_RETURN_IF_ERROR(oneapi::matmul(transposed_last(group_slice(grad, g)), group_slice(q_blk, g), dk_blk,
+                                               {p.scale, beta, std::nullopt}));
+        }
+      }
+  }
+  ANVIL_RETURN_IF_ERROR(grad_q.finish());
+  if (args.grad_k.numel() > 0) ANVIL_RETURN_IF_ERROR(oneapi::reorder(dk, oneapi::operand_of(args.grad_k)));
+  if (args.grad_v.numel() > 0) ANVIL_RETURN_IF_ERROR(oneapi::reorder(dv, oneapi::operand_of(args.grad_v)));
+  return Status::Ok();
+}
+
+}  // namespace
+
+void add_attention_kernels(dispatch::KernelTables& tables, int priority) {
+  for (DType dtype : {DType::f32, DType::bf16, DType::f16}) {
+    tables.add(dispatch::KernelRecord<AttentionArgs>{dispatch::kernel_name(Op::attention, dtype, "oneapi", "composed"),
+                                                     "oneapi", dtype, priority, &can_implement, &forward_run});
+    tables.add(dispatch::KernelRecord<AttentionBackwardArgs>{
+        dispatch::kernel_name(Op::attention_backward, dtype, "oneapi", "composed"), "oneapi", dtype, priority,
+        &can_implement_backward, &backward_run});
+  }
+}
+
+}  // namespace anvil::oneapi_attention
