@@ -183,8 +183,9 @@ TEST(Reference, AttentionPropagatesNaN) {
   for (float x : out) EXPECT_TRUE(std::isnan(x));
 }
 
-// Elements past 2^31 (int64 offsets): a bf16 buffer of 2^31 + 64 elements (4 GiB).
-TEST(Reference, OffsetsBeyond2Pow31) {
+// Elements past 2^31 (int64 offsets): a bf16 buffer of 2^31 + 64 elements (4 GiB), read by
+// every op of every backend that runs here.
+TEST(EveryBackend, OffsetsBeyond2Pow31) {
   const int64_t base = int64_t(1) << 31;
   std::vector<bfloat16> big;
   try {
@@ -192,33 +193,39 @@ TEST(Reference, OffsetsBeyond2Pow31) {
   } catch (const std::bad_alloc&) {
     GTEST_SKIP() << "not enough memory for a 4 GiB buffer";
   }
-  std::vector<bfloat16> c(4, to_bfloat16(NAN));
-  GemmArgs args = gemm_args_row_major(DType::bf16, Transpose::no, Transpose::no, 2, 2, 8, 1.0, big.data(), 8,
-                                      big.data(), 2, 0.0, c.data(), 2);
-  args.a.offset = base;
-  args.b.offset = base + 16;
-  big[size_t(base)] = to_bfloat16(3.0f);  // a[0][0]
-  ASSERT_TRUE(gemm(args).ok());
-  EXPECT_EQ(to_float(c[0]), 10.0f);  // 3 + 7 ones
-  EXPECT_EQ(to_float(c[3]), 8.0f);
+  big[size_t(base)] = to_bfloat16(3.0f);  // a[0][0] below
+  for (const BackendInfo& backend : backends()) {
+    if (!backend.available) continue;
+    SCOPED_TRACE("backend " + backend.name);
+    ScopedOverrides force({backend.name, ""});
+    ASSERT_TRUE(force.status().ok()) << force.status().message();
+    std::vector<bfloat16> c(4, to_bfloat16(NAN));
+    GemmArgs args = gemm_args_row_major(DType::bf16, Transpose::no, Transpose::no, 2, 2, 8, 1.0, big.data(), 8,
+                                        big.data(), 2, 0.0, c.data(), 2);
+    args.a.offset = base;
+    args.b.offset = base + 16;
+    ASSERT_TRUE(gemm(args).ok());
+    EXPECT_EQ(to_float(c[0]), 10.0f);  // 3 + 7 ones
+    EXPECT_EQ(to_float(c[3]), 8.0f);
 
-  // conv2d and attention read the same far-away elements.
-  std::vector<bfloat16> out(4, to_bfloat16(NAN));
-  Conv2dArgs conv{image_tensor(big.data(), DType::bf16, Layout::nchw, 1, 1, 2, 2),
-                  TensorRef::contiguous(big.data(), DType::bf16, {1, 1, 1, 1}),
-                  image_tensor(out.data(), DType::bf16, Layout::nchw, 1, 1, 2, 2)};
-  conv.input.offset = base;
-  conv.weight.offset = base + 32;
-  ASSERT_TRUE(conv2d(conv).ok());
-  EXPECT_EQ(to_float(out[0]), 3.0f);
-  EXPECT_EQ(to_float(out[1]), 1.0f);
-  AttentionArgs att{TensorRef::contiguous(big.data(), DType::bf16, {1, 1, 1, 4}),
-                    TensorRef::contiguous(big.data(), DType::bf16, {1, 1, 1, 4}),
-                    TensorRef::contiguous(big.data(), DType::bf16, {1, 1, 1, 4}),
-                    TensorRef::contiguous(out.data(), DType::bf16, {1, 1, 1, 4})};
-  att.q.offset = att.k.offset = att.v.offset = base + 40;
-  ASSERT_TRUE(attention(att).ok());
-  EXPECT_EQ(to_float(out[0]), 1.0f);
+    // conv2d and attention read the same far-away elements.
+    std::vector<bfloat16> out(4, to_bfloat16(NAN));
+    Conv2dArgs conv{image_tensor(big.data(), DType::bf16, Layout::nchw, 1, 1, 2, 2),
+                    TensorRef::contiguous(big.data(), DType::bf16, {1, 1, 1, 1}),
+                    image_tensor(out.data(), DType::bf16, Layout::nchw, 1, 1, 2, 2)};
+    conv.input.offset = base;
+    conv.weight.offset = base + 32;
+    ASSERT_TRUE(conv2d(conv).ok());
+    EXPECT_EQ(to_float(out[0]), 3.0f);
+    EXPECT_EQ(to_float(out[1]), 1.0f);
+    AttentionArgs att{TensorRef::contiguous(big.data(), DType::bf16, {1, 1, 1, 4}),
+                      TensorRef::contiguous(big.data(), DType::bf16, {1, 1, 1, 4}),
+                      TensorRef::contiguous(big.data(), DType::bf16, {1, 1, 1, 4}),
+                      TensorRef::contiguous(out.data(), DType::bf16, {1, 1, 1, 4})};
+    att.q.offset = att.k.offset = att.v.offset = base + 40;
+    ASSERT_TRUE(attention(att).ok());
+    EXPECT_EQ(to_float(out[0]), 1.0f);
+  }
 }
 
 TEST(Reference, HalfAndBfloat16ConversionsRoundToNearestEven) {
