@@ -11,6 +11,7 @@
 //            --max-reference-gflop=X (reference kernels above X GFLOP are not timed; 0.1)
 #include <benchmark/benchmark.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <fstream>
@@ -24,6 +25,9 @@
 
 #include "anvil/anvil.h"
 #include "bench/shape_file.h"
+#ifdef ANVIL_BENCH_ONEDNN
+#include "bench/onednn_reference.h"
+#endif
 
 #ifdef ANVIL_BENCH_OPENBLAS
 #include <cblas.h>
@@ -83,6 +87,23 @@ void set_flops(benchmark::State& state, double flops) {
   state.counters["FLOPS"] = benchmark::Counter(flops, benchmark::Counter::kIsIterationInvariantRate);
 }
 
+// The kernels to time for a call: the one anvil selects by default, then the one each
+// other backend that runs here would take when forced (so that every backend of the build
+// is compared with the same reference libraries). The reference backend is left out; it
+// is timed only when it is the default.
+template <class Args> std::vector<std::string> kernels_to_time(const Args& args) {
+  std::vector<std::string> names;
+  std::string kernel;
+  if (anvil::select_kernel(args, &kernel).ok()) names.push_back(kernel);
+  for (const anvil::BackendInfo& backend : anvil::backends()) {
+    if (!backend.available || backend.name == "reference") continue;
+    anvil::ScopedOverrides force({backend.name, ""});
+    if (anvil::select_kernel(args, &kernel).ok() && std::find(names.begin(), names.end(), kernel) == names.end())
+      names.push_back(kernel);
+  }
+  return names;
+}
+
 // ------------------------------------------------------------------ GEMM
 struct GemmData {
   int64_t m, n, k;
@@ -114,19 +135,30 @@ void register_gemm() {
     const std::string shape = std::to_string(m) + "x" + std::to_string(n) + "x" + std::to_string(k);
     const double flops = 2.0 * double(m) * double(n) * double(k);
     auto data = std::make_shared<GemmData>(m, n, k);
-    std::string kernel;
-    if (!anvil::select_kernel(data->args(), &kernel).ok()) continue;
-    if (too_large_for(kernel, flops)) {
-      std::fprintf(stderr, "anvil-bench: gemm %s: %s not timed (reference kernel, %.1f GFLOP)\n", shape.c_str(),
-                   kernel.c_str(), flops * 1e-9);
-    } else {
+    for (const std::string& kernel : kernels_to_time(data->args())) {
+      if (too_large_for(kernel, flops)) {
+        std::fprintf(stderr, "anvil-bench: gemm %s: %s not timed (reference kernel, %.1f GFLOP)\n", shape.c_str(),
+                     kernel.c_str(), flops * 1e-9);
+        continue;
+      }
       benchmark::RegisterBenchmark(("gemm/" + shape + "/anvil:" + kernel).c_str(), [=](benchmark::State& state) {
+        anvil::ScopedOverrides force({"", kernel});
         std::string why;
         if (!anvil::gemm(data->args()).ok() || !data->check(&why)) return state.SkipWithError(("wrong result: " + why).c_str());
         for (auto _ : state) benchmark::DoNotOptimize(anvil::gemm(data->args()));
         set_flops(state, flops);
       })->Unit(benchmark::kMillisecond)->UseRealTime();
     }
+#ifdef ANVIL_BENCH_ONEDNN
+    benchmark::RegisterBenchmark(("gemm/" + shape + "/onednn").c_str(), [=](benchmark::State& state) {
+      const auto run = anvil::bench::onednn_matmul(m, n, k, data->a.data(), data->b.data(), data->c.data());
+      run();
+      std::string why;
+      if (!data->check(&why)) return state.SkipWithError(("wrong result: " + why).c_str());
+      for (auto _ : state) run();
+      set_flops(state, flops);
+    })->Unit(benchmark::kMillisecond)->UseRealTime();
+#endif
 #ifdef ANVIL_BENCH_OPENBLAS
     benchmark::RegisterBenchmark(("gemm/" + shape + "/openblas").c_str(), [=](benchmark::State& state) {
       auto run = [&] {
@@ -234,17 +266,9 @@ void register_conv2d() {
         a.params = {stride, stride, pad, pad, 1, 1, 1};
         return a;
       };
-      std::string kernel;
-      if (!anvil::select_kernel(args(), &kernel).ok()) continue;
-      const std::string name = "conv2d/" + row.at("name") + "-n" + std::to_string(n) + "/anvil:" + kernel;
-      if (too_large_for(kernel, flops)) {
-        std::fprintf(stderr, "anvil-bench: %s not timed (reference kernel, %.1f GFLOP)\n", name.c_str(), flops * 1e-9);
-        continue;
-      }
-      benchmark::RegisterBenchmark(name.c_str(), [=](benchmark::State& state) {
-        if (!anvil::conv2d(args()).ok()) return state.SkipWithError("conv2d failed");
-        std::string why;
-        const bool ok = spot_check(d->out.data(), d->out.size(), [&](size_t idx, double* bound) {
+      const std::string prefix = "conv2d/" + row.at("name") + "-n" + std::to_string(n) + "/";
+      const auto check = [=](std::string* why) {
+        return spot_check(d->out.data(), d->out.size(), [&](size_t idx, double* bound) {
           const int64_t kk = int64_t(idx) % k, x = int64_t(idx) / k % q, y = int64_t(idx) / (k * q) % p,
                         nn = int64_t(idx) / (k * q * p);
           double sum = 0;
@@ -260,11 +284,37 @@ void register_conv2d() {
               }
             }
           return sum;
-        }, &why);
-        if (!ok) return state.SkipWithError(("wrong result: " + why).c_str());
-        for (auto _ : state) benchmark::DoNotOptimize(anvil::conv2d(args()));
-        set_flops(state, flops);
-      })->Unit(benchmark::kMillisecond)->UseRealTime();
+        }, why);
+      };
+      for (const std::string& kernel : kernels_to_time(args())) {
+        const std::string name = prefix + "anvil:" + kernel;
+        if (too_large_for(kernel, flops)) {
+          std::fprintf(stderr, "anvil-bench: %s not timed (reference kernel, %.1f GFLOP)\n", name.c_str(), flops * 1e-9);
+          continue;
+        }
+        benchmark::RegisterBenchmark(name.c_str(), [=](benchmark::State& state) {
+          anvil::ScopedOverrides force({"", kernel});
+          std::string why;
+          if (!anvil::conv2d(args()).ok()) return state.SkipWithError("conv2d failed");
+          if (!check(&why)) return state.SkipWithError(("wrong result: " + why).c_str());
+          for (auto _ : state) benchmark::DoNotOptimize(anvil::conv2d(args()));
+          set_flops(state, flops);
+        })->Unit(benchmark::kMillisecond)->UseRealTime();
+      }
+#ifdef ANVIL_BENCH_ONEDNN
+      for (bool prepacked : {false, true}) {
+        benchmark::RegisterBenchmark((prefix + (prepacked ? "onednn-prepacked" : "onednn")).c_str(),
+                                     [=](benchmark::State& state) {
+          const auto run = anvil::bench::onednn_conv_nhwc(n, c, h, w, k, r, s, stride, pad, d->in.data(), d->wt.data(),
+                                                          d->out.data(), prepacked);
+          run();
+          std::string why;
+          if (!check(&why)) return state.SkipWithError(("wrong result: " + why).c_str());
+          for (auto _ : state) run();
+          set_flops(state, flops);
+        })->Unit(benchmark::kMillisecond)->UseRealTime();
+      }
+#endif
     }
 }
 
@@ -289,19 +339,20 @@ void register_attention() {
       a.causal = causal;
       return a;
     };
-    std::string kernel;
-    if (!anvil::select_kernel(args(), &kernel).ok()) continue;
-    const std::string name = "attention/b" + std::to_string(b) + "h" + std::to_string(h) + "s" + std::to_string(lq) +
-                             "d" + std::to_string(e) + (causal ? "c" : "") + "/anvil:" + kernel;
-    if (too_large_for(kernel, flops)) {
-      std::fprintf(stderr, "anvil-bench: %s not timed (reference kernel, %.1f GFLOP)\n", name.c_str(), flops * 1e-9);
-      continue;
+    for (const std::string& kernel : kernels_to_time(args())) {
+      const std::string name = "attention/b" + std::to_string(b) + "h" + std::to_string(h) + "s" + std::to_string(lq) +
+                               "d" + std::to_string(e) + (causal ? "c" : "") + "/anvil:" + kernel;
+      if (too_large_for(kernel, flops)) {
+        std::fprintf(stderr, "anvil-bench: %s not timed (reference kernel, %.1f GFLOP)\n", name.c_str(), flops * 1e-9);
+        continue;
+      }
+      benchmark::RegisterBenchmark(name.c_str(), [=](benchmark::State& state) {
+        anvil::ScopedOverrides force({"", kernel});
+        if (!anvil::attention(args()).ok()) return state.SkipWithError("attention failed");
+        for (auto _ : state) benchmark::DoNotOptimize(anvil::attention(args()));
+        set_flops(state, flops);
+      })->Unit(benchmark::kMillisecond)->UseRealTime();
     }
-    benchmark::RegisterBenchmark(name.c_str(), [=](benchmark::State& state) {
-      if (!anvil::attention(args()).ok()) return state.SkipWithError("attention failed");
-      for (auto _ : state) benchmark::DoNotOptimize(anvil::attention(args()));
-      set_flops(state, flops);
-    })->Unit(benchmark::kMillisecond)->UseRealTime();
   }
 }
 

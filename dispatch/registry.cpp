@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <memory>
 #include <mutex>
 #include <set>
 #include <shared_mutex>
@@ -180,10 +181,13 @@ Status parse_overrides(const Overrides& raw, const char* backend_source, const c
 struct OverrideState {
   std::shared_mutex mutex;
   Overrides api;  // set through set_overrides
-  bool env_parsed = false;
+  ParsedOverrides api_parsed;
+  std::once_flag env_once;
   Status env_status;
   ParsedOverrides env;
-  ParsedOverrides api_parsed;
+  // API fields over environment fields, rebuilt after set_overrides: every call reads it,
+  // so it is shared rather than copied.
+  std::shared_ptr<const ParsedOverrides> effective;
 };
 
 OverrideState& override_state() {
@@ -196,21 +200,28 @@ const char* env_or_empty(const char* name) {
   return value ? value : "";
 }
 
-// Effective overrides: API fields win over environment fields.
-Status effective_overrides(ParsedOverrides* out) {
+Status effective_overrides(std::shared_ptr<const ParsedOverrides>* out) {
   OverrideState& st = override_state();
+  std::call_once(st.env_once, [&] {
+    st.env_status = parse_overrides({env_or_empty("ANVIL_BACKEND"), env_or_empty("ANVIL_KERNEL")}, "ANVIL_BACKEND",
+                                    "ANVIL_KERNEL", &st.env);
+  });
+  if (!st.env_status.ok()) return st.env_status;
   {
-    std::unique_lock lock(st.mutex);
-    if (!st.env_parsed) {
-      st.env_status = parse_overrides({env_or_empty("ANVIL_BACKEND"), env_or_empty("ANVIL_KERNEL")},
-                                      "ANVIL_BACKEND", "ANVIL_KERNEL", &st.env);
-      st.env_parsed = true;
+    std::shared_lock lock(st.mutex);
+    if (st.effective) {
+      *out = st.effective;
+      return Status::Ok();
     }
   }
-  std::shared_lock lock(st.mutex);
-  if (!st.env_status.ok()) return st.env_status;
-  out->backend = st.api_parsed.backend.empty() ? st.env.backend : st.api_parsed.backend;
-  out->kernels = st.api_parsed.kernels.empty() ? st.env.kernels : st.api_parsed.kernels;
+  std::unique_lock lock(st.mutex);
+  if (!st.effective) {
+    auto merged = std::make_shared<ParsedOverrides>();
+    merged->backend = st.api_parsed.backend.empty() ? st.env.backend : st.api_parsed.backend;
+    merged->kernels = st.api_parsed.kernels.empty() ? st.env.kernels : st.api_parsed.kernels;
+    st.effective = std::move(merged);
+  }
+  *out = st.effective;
   return Status::Ok();
 }
 
@@ -255,20 +266,25 @@ std::shared_mutex& hook_mutex() {
 // unless an autotune hook wants to see them all.
 template <class Args> Selection<Args> select(const Args& args, bool exhaustive) {
   Selection<Args> sel;
+  sel.candidates.reserve(8);
   const TensorRef& lead = OpTraits<Args>::lead(args);
   const DType dtype = lead.dtype;
   const Device device = lead.device;
   const Op op = OpTraits<Args>::op;
   const std::string prefix = std::string(op_name(op)) + "." + dtype_name(dtype);
 
-  ParsedOverrides ov;
-  sel.status = effective_overrides(&ov);
+  std::shared_ptr<const ParsedOverrides> overrides;
+  sel.status = effective_overrides(&overrides);
   if (!sel.status.ok()) return sel;
+  const ParsedOverrides& ov = *overrides;
 
   const auto& table = registry().tables.table<Args>();
-  std::string forced_kernel;
+  const std::string* forced = nullptr;
   for (const std::string& name : ov.kernels)
-    if (op_dtype_prefix(name) == prefix) forced_kernel = name;
+    if (name.size() > prefix.size() && name[prefix.size()] == '.' && name.compare(0, prefix.size(), prefix) == 0)
+      forced = &name;
+  static const std::string kNone;
+  const std::string& forced_kernel = forced ? *forced : kNone;
 
   bool hooked;
   {
@@ -279,6 +295,7 @@ template <class Args> Selection<Args> select(const Args& args, bool exhaustive) 
   for (const auto& r : table) {
     if (r.dtype != dtype) continue;
     if (!ov.backend.empty() && forced_kernel.empty() && r.backend != ov.backend && !exhaustive) continue;
+    if (!forced_kernel.empty() && r.name != forced_kernel && !exhaustive) continue;  // only the forced one matters
     Candidate<Args> c{&r, judge(r, args, dtype, device)};
     if (c.verdict.ok() && !forced_kernel.empty() && r.name != forced_kernel)
       c.verdict = unsupported("not the forced kernel " + forced_kernel);
@@ -286,11 +303,14 @@ template <class Args> Selection<Args> select(const Args& args, bool exhaustive) 
       c.verdict = unsupported("not the forced backend " + ov.backend);
     const bool accepted = c.verdict.ok();
     sel.candidates.push_back(std::move(c));
-    if (accepted && stop_at_first) break;
+    if (accepted && stop_at_first) {
+      sel.chosen = &r;
+      return sel;
+    }
   }
 
   if (!forced_kernel.empty()) {
-    sel.forced_note = "forced kernel " + forced_kernel;
+    if (exhaustive) sel.forced_note = "forced kernel " + forced_kernel;
     for (const auto& c : sel.candidates)
       if (c.record->name == forced_kernel) {
         if (c.verdict.ok()) sel.chosen = c.record;
@@ -347,10 +367,11 @@ template <class Args> void set_autotune_hook(AutotuneHook<Args> hook) {
 }
 
 template <class Args> Status select_op(const Args& args, const KernelRecord<Args>** chosen) {
-  const std::string op = std::string(op_name(OpTraits<Args>::op)) + ": ";
-  ANVIL_RETURN_IF_ERROR(OpTraits<Args>::validate(args).with_context(op));
+  const auto context = [] { return std::string(op_name(OpTraits<Args>::op)) + ": "; };  // built on failure only
+  const Status valid = OpTraits<Args>::validate(args);
+  if (!valid.ok()) return valid.with_context(context());
   Selection<Args> sel = select(args, false);
-  if (!sel.status.ok()) return sel.status.with_context(op);
+  if (!sel.status.ok()) return sel.status.with_context(context());
   *chosen = sel.chosen;
   return Status::Ok();
 }
@@ -453,6 +474,7 @@ Status set_overrides(const Overrides& overrides) {
   std::unique_lock lock(st.mutex);
   st.api = overrides;
   st.api_parsed = std::move(parsed);
+  st.effective.reset();
   return Status::Ok();
 }
 

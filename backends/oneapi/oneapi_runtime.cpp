@@ -62,10 +62,10 @@ dnnl::memory::data_type data_type(DType dtype) {
 dnnl::memory::desc Operand::desc() const {
   // A dim of size 1 is never stepped over: give it the stride a dense layout would have, so
   // views that differ only there share one descriptor (and one cached primitive).
-  std::vector<int64_t> s = strides;
+  Dims s = strides;
   for (size_t i = dims.size(); i-- > 0;)
     if (dims[i] == 1) s[i] = i + 1 < dims.size() ? std::max<int64_t>(s[i + 1] * dims[i + 1], 1) : 1;
-  return dnnl::memory::desc(dims, data_type(dtype), s);
+  return dnnl::memory::desc(dims.to_vector(), data_type(dtype), s.to_vector());
 }
 
 dnnl::memory Operand::memory() const { return dnnl::memory(desc(), engine(), data); }
@@ -79,18 +79,20 @@ int64_t Operand::numel() const {
 Operand operand_of(const TensorRef& t) {
   Operand op;
   op.dtype = t.dtype;
-  op.dims.assign(t.shape.begin(), t.shape.begin() + t.rank);
-  op.strides.assign(t.strides.begin(), t.strides.begin() + t.rank);
+  for (int i = 0; i < t.rank; ++i) {
+    op.dims.push_back(t.shape[size_t(i)]);
+    op.strides.push_back(t.strides[size_t(i)]);
+  }
   op.data = t.ptr();
   return op;
 }
 
-Operand dense(DType dtype, std::vector<int64_t> dims, void* data) {
+Operand dense(DType dtype, const Dims& dims, void* data) {
   Operand op;
   op.dtype = dtype;
-  op.strides.assign(dims.size(), 1);
+  for (size_t i = 0; i < dims.size(); ++i) op.strides.push_back(1);
   for (size_t i = dims.size(); i-- > 1;) op.strides[i - 1] = op.strides[i] * std::max<int64_t>(dims[i], 1);
-  op.dims = std::move(dims);
+  op.dims = dims;
   op.data = data;
   return op;
 }

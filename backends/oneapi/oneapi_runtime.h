@@ -3,6 +3,8 @@
 // and the translation of oneDNN errors into Status. No op math here.
 #pragma once
 
+#include <algorithm>
+#include <array>
 #include <cstdint>
 #include <functional>
 #include <list>
@@ -29,11 +31,40 @@ std::string describe();
 // primitives used here do not take.
 dnnl::memory::data_type data_type(DType dtype);
 
+// Up to 6 extents or strides, held inline: operands are built on every call, and a
+// heap allocation per operand would cost more than a small primitive's run.
+class Dims {
+ public:
+  static constexpr size_t kCapacity = 6;
+  Dims() = default;
+  Dims(std::initializer_list<int64_t> values) {
+    for (int64_t v : values) push_back(v);
+  }
+  size_t size() const { return size_; }
+  int64_t& operator[](size_t i) { return values_[i]; }
+  int64_t operator[](size_t i) const { return values_[i]; }
+  const int64_t* begin() const { return values_.data(); }
+  const int64_t* end() const { return values_.data() + size_; }
+  void push_back(int64_t v) { values_[size_++] = v; }
+  void push_front(int64_t v) {
+    for (size_t i = size_++; i > 0; --i) values_[i] = values_[i - 1];
+    values_[0] = v;
+  }
+  dnnl::memory::dims to_vector() const { return {begin(), end()}; }
+  friend bool operator==(const Dims& x, const Dims& y) {
+    return x.size_ == y.size_ && std::equal(x.begin(), x.end(), y.begin());
+  }
+
+ private:
+  std::array<int64_t, kCapacity> values_{};
+  size_t size_ = 0;
+};
+
 // A strided operand as a primitive sees it: logical dims (size-1 dims broadcast where
 // the primitive allows it), element strides, and the address of element 0.
 struct Operand {
   DType dtype = DType::f32;
-  std::vector<int64_t> dims, strides;
+  Dims dims, strides;
   void* data = nullptr;
 
   dnnl::memory::desc desc() const;
@@ -42,7 +73,7 @@ struct Operand {
 };
 Operand operand_of(const TensorRef& t);
 // A dense row-major operand over `data` (a workspace).
-Operand dense(DType dtype, std::vector<int64_t> dims, void* data);
+Operand dense(DType dtype, const Dims& dims, void* data);
 
 // Builds cache keys from the values that decide a primitive (dims, strides, dtypes,
 // attributes): binary, not formatted.
@@ -72,7 +103,7 @@ template <class Entry> class PrimitiveCache {
   explicit PrimitiveCache(size_t capacity = 512) : capacity_(capacity) {}
 
   // The entry for key, made by make() (which may throw dnnl::error) on a miss.
-  std::shared_ptr<const Entry> get(const Key& key, const std::function<Entry()>& make) {
+  template <class Make> std::shared_ptr<const Entry> get(const Key& key, const Make& make) {
     {
       std::lock_guard<std::mutex> lock(mutex_);
       auto it = map_.find(key.str());

@@ -272,7 +272,7 @@ Status backward_run(const AttentionBackwardArgs& args) {
     for (int64_t b0 = 0; b0 < s.batch; b0 += p.batch_block)
       for (int64_t i0 = 0; i0 < s.seq_q; i0 += p.row_block) {
         const int64_t nb = std::min(p.batch_block, s.batch - b0), qb = std::min(p.row_block, s.seq_q - i0);
-        const std::vector<int64_t> dims = {nb, s.kv_heads, G, qb, s.seq_k};
+        const oneapi::Dims dims = {nb, s.kv_heads, G, qb, s.seq_k};
         const Operand probs = oneapi::dense(DType::f32, dims, probs_storage.data());
         const Operand grad = oneapi::dense(DType::f32, dims, grad_storage.data());
         ANVIL_RETURN_IF_ERROR(probabilities(p, q.op, k.op, b0, nb, i0, qb, probs, row_max, row_argmax));

@@ -1,6 +1,7 @@
 #include "kernels/common/checks.h"
 
 #include <algorithm>
+#include <array>
 #include <cstdint>
 #include <numeric>
 #include <vector>
@@ -60,12 +61,14 @@ Status output_tensor(const TensorRef& t, const char* name, int min_rank, int max
   ANVIL_RETURN_IF_ERROR(tensor(t, name, min_rank, max_rank));
   // Sort the non-trivial dims by stride; each stride must step over everything the
   // smaller ones reach, or two elements share an address.
-  std::vector<int> dims;
+  std::array<int, kMaxRank> dims{};
+  int count = 0;
   for (int i = 0; i < t.rank; ++i)
-    if (t.shape[i] > 1) dims.push_back(i);
-  std::sort(dims.begin(), dims.end(), [&](int x, int y) { return t.strides[x] < t.strides[y]; });
+    if (t.shape[i] > 1) dims[size_t(count++)] = i;
+  std::sort(dims.begin(), dims.begin() + count, [&](int x, int y) { return t.strides[x] < t.strides[y]; });
   int64_t reach = 1;  // elements covered by the dims seen so far
-  for (int d : dims) {
+  for (int j = 0; j < count; ++j) {
+    const int d = dims[size_t(j)];
     if (t.strides[d] < reach)
       return invalid_argument(prefix(name) + "output elements overlap (stride " +
                               std::to_string(t.strides[d]) + " of dimension " + std::to_string(d) +

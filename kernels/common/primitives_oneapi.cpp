@@ -8,12 +8,84 @@ namespace {
 
 using dnnl::memory;
 
-// Runs the primitive cached under key (made by make on a miss), with args bound by argument
-// index. what names the primitive in errors.
+// A created primitive and the memory descriptors of its arguments.
+struct PrimitiveEntry {
+  dnnl::primitive primitive;
+  std::vector<std::pair<int, memory::desc>> arg_descs;
+};
+
+struct Binding {
+  int arg;  // DNNL_ARG_*
+  const Operand* operand;
+};
+
+// The arguments of one primitive run (at most 6), held inline.
+class Bindings {
+ public:
+  Bindings(std::initializer_list<Binding> list) {
+    for (const Binding& b : list) push_back(b);
+  }
+  void push_back(const Binding& b) { items_[size_++] = b; }
+  const Binding* begin() const { return items_.data(); }
+  const Binding* end() const { return items_.data() + size_; }
+
+ private:
+  std::array<Binding, 6> items_{};
+  size_t size_ = 0;
+};
+
+// Memory objects of one cached primitive for the calling thread, made on its first call;
+// later calls only swap their data handles, and only when they changed (creating a memory
+// object, or even setting its handle, costs a noticeable share of a 64^3 matmul).
+struct ThreadMemories {
+  std::unordered_map<int, memory> by_arg;
+  std::unordered_map<int, void*> handles;
+
+  void bind(int arg, void* data) {
+    void*& current = handles[arg];
+    if (current == data) return;
+    by_arg.at(arg).set_data_handle(data);
+    current = data;
+  }
+};
+
+ThreadMemories& thread_memories(const std::shared_ptr<const PrimitiveEntry>& entry) {
+  struct Slot {
+    std::weak_ptr<const PrimitiveEntry> owner;  // expired: the entry was evicted (its address may be reused)
+    ThreadMemories memories;
+  };
+  thread_local std::unordered_map<const PrimitiveEntry*, Slot> slots;
+  auto it = slots.find(entry.get());
+  if (it != slots.end() && !it->second.owner.expired()) return it->second.memories;
+  if (slots.size() > 4096) {  // drop the slots of evicted entries
+    std::erase_if(slots, [](const auto& kv) { return kv.second.owner.expired(); });
+    it = slots.find(entry.get());
+  }
+  Slot& slot = it != slots.end() ? it->second : slots[entry.get()];
+  slot.owner = entry;
+  slot.memories = {};
+  for (const auto& [arg, desc] : entry->arg_descs) {
+    slot.memories.by_arg.emplace(arg, memory(desc, engine(), nullptr));
+    slot.memories.handles.emplace(arg, nullptr);
+  }
+  return slot.memories;
+}
+
+// Runs the primitive cached under key (made by make on a miss) on the bound operands.
+// what names the primitive in errors.
 template <class Make>
-Status run_cached(const char* what, const Key& key, Make make, const std::unordered_map<int, memory>& args) {
-  static PrimitiveCache<dnnl::primitive> cache;
-  return guarded(what, [&] { execute(*cache.get(key, make), args); });
+Status run_cached(const char* what, const Key& key, Make make, const Bindings& bindings) {
+  static PrimitiveCache<PrimitiveEntry> cache;
+  return guarded(what, [&] {
+    const auto entry = cache.get(key, [&] {
+      PrimitiveEntry e{make(), {}};
+      for (const Binding& b : bindings) e.arg_descs.emplace_back(b.arg, b.operand->desc());
+      return e;
+    });
+    ThreadMemories& memories = thread_memories(entry);
+    for (const Binding& b : bindings) memories.bind(b.arg, b.operand->data);
+    execute(entry->primitive, memories.by_arg);
+  });
 }
 
 }  // namespace
@@ -23,13 +95,11 @@ Status matmul(const Operand& src, const Operand& weights, const Operand& dst, co
   Key key("matmul");
   key.add(src).add(weights).add(dst).add(epilogue.beta).add(int64_t(scaled));
   if (epilogue.bias) key.add(*epilogue.bias);
-  std::unordered_map<int, memory> args = {
-      {DNNL_ARG_SRC, src.memory()}, {DNNL_ARG_WEIGHTS, weights.memory()}, {DNNL_ARG_DST, dst.memory()}};
-  if (epilogue.bias) args.emplace(DNNL_ARG_BIAS, epilogue.bias->memory());
   float alpha = float(epilogue.alpha);
-  if (scaled)
-    args.emplace(DNNL_ARG_ATTR_SCALES | DNNL_ARG_WEIGHTS,
-                 memory(memory::desc({1}, memory::data_type::f32, memory::format_tag::a), engine(), &alpha));
+  const Operand alpha_operand{DType::f32, {1}, {1}, &alpha};
+  Bindings bindings = {{DNNL_ARG_SRC, &src}, {DNNL_ARG_WEIGHTS, &weights}, {DNNL_ARG_DST, &dst}};
+  if (epilogue.bias) bindings.push_back({DNNL_ARG_BIAS, &*epilogue.bias});
+  if (scaled) bindings.push_back({DNNL_ARG_ATTR_SCALES | DNNL_ARG_WEIGHTS, &alpha_operand});
   return run_cached("matmul", key, [&]() -> dnnl::primitive {
     dnnl::primitive_attr attr;
     if (scaled) attr.set_scales_mask(DNNL_ARG_WEIGHTS, 0);  // alpha, one value (mask 0)
@@ -38,7 +108,7 @@ Status matmul(const Operand& src, const Operand& weights, const Operand& dst, co
     attr.set_post_ops(post);
     const memory::desc bias = epilogue.bias ? epilogue.bias->desc() : memory::desc();
     return dnnl::matmul(dnnl::matmul::primitive_desc(engine(), src.desc(), weights.desc(), bias, dst.desc(), attr));
-  }, args);
+  }, bindings);
 }
 
 Status reduce_sum(const Operand& src, const Operand& dst) {
@@ -62,7 +132,7 @@ Status reduce_sum(const Operand& src, const Operand& dst) {
   return run_cached("reduction", key, [&]() -> dnnl::primitive {
     return dnnl::reduction(dnnl::reduction::primitive_desc(engine(), dnnl::algorithm::reduction_sum, src.desc(),
                                                            dst.desc(), 0.0f, 0.0f));
-  }, {{DNNL_ARG_SRC, src.memory()}, {DNNL_ARG_DST, dst.memory()}});
+  }, {{DNNL_ARG_SRC, &src}, {DNNL_ARG_DST, &dst}});
 }
 
 Status scale(const Operand& dst, double factor) {
@@ -72,7 +142,7 @@ Status scale(const Operand& dst, double factor) {
     return dnnl::eltwise_forward(dnnl::eltwise_forward::primitive_desc(
         engine(), dnnl::prop_kind::forward_inference, dnnl::algorithm::eltwise_linear, dst.desc(), dst.desc(),
         float(factor), 0.0f));
-  }, {{DNNL_ARG_SRC, dst.memory()}, {DNNL_ARG_DST, dst.memory()}});
+  }, {{DNNL_ARG_SRC, &dst}, {DNNL_ARG_DST, &dst}});
 }
 
 Status reorder(const Operand& src, const Operand& dst) {
@@ -80,7 +150,7 @@ Status reorder(const Operand& src, const Operand& dst) {
   key.add(src).add(dst);
   return run_cached("reorder", key, [&]() -> dnnl::primitive {
     return dnnl::reorder(dnnl::reorder::primitive_desc(engine(), src.desc(), engine(), dst.desc()));
-  }, {{DNNL_ARG_FROM, src.memory()}, {DNNL_ARG_TO, dst.memory()}});
+  }, {{DNNL_ARG_FROM, &src}, {DNNL_ARG_TO, &dst}});
 }
 
 Status add(const Operand& src0, const Operand& src1, const Operand& dst) {
@@ -89,7 +159,7 @@ Status add(const Operand& src0, const Operand& src1, const Operand& dst) {
   return run_cached("binary add", key, [&]() -> dnnl::primitive {
     return dnnl::binary(dnnl::binary::primitive_desc(engine(), dnnl::algorithm::binary_add, src0.desc(), src1.desc(),
                                                      dst.desc()));
-  }, {{DNNL_ARG_SRC_0, src0.memory()}, {DNNL_ARG_SRC_1, src1.memory()}, {DNNL_ARG_DST, dst.memory()}});
+  }, {{DNNL_ARG_SRC_0, &src0}, {DNNL_ARG_SRC_1, &src1}, {DNNL_ARG_DST, &dst}});
 }
 
 namespace {
@@ -104,7 +174,7 @@ Status softmax(const Operand& src, const Operand& dst) {
   Key key("softmax");
   key.add(src).add(dst);
   return run_cached("softmax", key, [&]() -> dnnl::primitive { return dnnl::softmax_forward(softmax_pd(src, dst)); },
-                    {{DNNL_ARG_SRC, src.memory()}, {DNNL_ARG_DST, dst.memory()}});
+                    {{DNNL_ARG_SRC, &src}, {DNNL_ARG_DST, &dst}});
 }
 
 Status softmax_backward(const Operand& dst, const Operand& diff_dst, const Operand& diff_src) {
@@ -114,7 +184,7 @@ Status softmax_backward(const Operand& dst, const Operand& diff_dst, const Opera
     return dnnl::softmax_backward(dnnl::softmax_backward::primitive_desc(
         engine(), dnnl::algorithm::softmax_accurate, diff_src.desc(), diff_dst.desc(), dst.desc(),
         int(dst.dims.size()) - 1, softmax_pd(dst, dst)));
-  }, {{DNNL_ARG_DST, dst.memory()}, {DNNL_ARG_DIFF_DST, diff_dst.memory()}, {DNNL_ARG_DIFF_SRC, diff_src.memory()}});
+  }, {{DNNL_ARG_DST, &dst}, {DNNL_ARG_DIFF_DST, &diff_dst}, {DNNL_ARG_DIFF_SRC, &diff_src}});
 }
 
 namespace {

@@ -37,7 +37,7 @@ Operand weights_of(const TensorRef& w, int64_t groups) {
   Operand op = oneapi::operand_of(w);
   if (groups == 1) return op;
   op.dims = {groups, w.shape[0] / groups, w.shape[1], w.shape[2], w.shape[3]};
-  op.strides.insert(op.strides.begin(), w.strides[0] * (w.shape[0] / groups));
+  op.strides.push_front(w.strides[0] * (w.shape[0] / groups));
   return op;
 }
 
@@ -80,7 +80,7 @@ class Bound {
 };
 
 memory::desc any_like(const Operand& op) {
-  return memory::desc(op.dims, oneapi::data_type(op.dtype), memory::format_tag::any);
+  return memory::desc(op.dims.to_vector(), oneapi::data_type(op.dtype), memory::format_tag::any);
 }
 
 // Forward primitive descriptor, preferring the caller's image layouts.

@@ -21,8 +21,8 @@ using oneapi::Operand;
 Operand matrix3(const TensorRef& t, bool transposed = false) {
   Operand op = oneapi::operand_of(t);
   if (t.rank == 2) {
-    op.dims.insert(op.dims.begin(), 1);
-    op.strides.insert(op.strides.begin(), 0);
+    op.dims.push_front(1);
+    op.strides.push_front(0);
   } else if (op.strides[0] == 0) {
     op.dims[0] = 1;
   }
