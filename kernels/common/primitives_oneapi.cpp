@@ -189,9 +189,9 @@ Status softmax_backward(const Operand& dst, const Operand& diff_dst, const Opera
 
 namespace {
 void fill_zero_from(const Operand& dst, size_t dim, char* base) {
-  const int64_t step = dst.strides[dim] * int64_t(dtype_size(dst.dtype));
+  // i * stride stays within the validated span; a size-1 dim may carry any stride.
   for (int64_t i = 0; i < dst.dims[dim]; ++i) {
-    char* p = base + i * step;
+    char* p = i == 0 ? base : base + i * dst.strides[dim] * int64_t(dtype_size(dst.dtype));
     if (dim + 1 < dst.dims.size()) fill_zero_from(dst, dim + 1, p);
     else std::memset(p, 0, dtype_size(dst.dtype));  // +0.0 in f32, f16 and bf16
   }

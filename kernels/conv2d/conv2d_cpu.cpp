@@ -85,7 +85,6 @@ template <class T>
 void pack_weight_typed(const TensorRef& wt, int64_t g, int64_t kg, bool rows_are_channels, float* out) {
   const int64_t cg = wt.shape[1], r_max = wt.shape[2], s_max = wt.shape[3];
   const int64_t sk = wt.strides[0], sc = wt.strides[1], sr = wt.strides[2], ss = wt.strides[3];
-  const T* base = cpu_elements::advance(wt.ptr<const T>(), g * kg * sk);
   const auto f32 = [](const T* p) {
     if constexpr (std::is_same_v<T, float>) return *p;
     else return to_float(*p);
@@ -96,6 +95,7 @@ void pack_weight_typed(const TensorRef& wt, int64_t g, int64_t kg, bool rows_are
   const int64_t rows = rows_are_channels ? cg : kg, cols = rows_are_channels ? kg : cg;
   const int64_t row_stride = rows_are_channels ? sc : sk, col_stride = rows_are_channels ? sk : sc;
   if (rows == 0 || cols == 0) return;  // an empty weight may carry any strides
+  const T* base = cpu_elements::advance(wt.ptr<const T>(), g * kg * sk);
   for (int64_t r = 0; r < r_max; ++r)
     for (int64_t s = 0; s < s_max; ++s) {
       const T* tap = cpu_elements::advance(base, r * sr + s * ss);

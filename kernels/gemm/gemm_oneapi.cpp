@@ -41,8 +41,17 @@ Status gemm_run(const GemmArgs& args) {
   if (s.batch == 0 || s.m == 0 || s.n == 0) return Status::Ok();
   oneapi::MatmulEpilogue epilogue{args.alpha, args.beta, std::nullopt};
   if (args.bias) epilogue.bias = Operand{args.bias->dtype, {1, 1, s.n}, {0, 0, args.bias->strides[0]}, args.bias->ptr()};
-  const Operand c = matrix3(args.c);
-  if (s.k > 0) return oneapi::matmul(matrix3(args.a), matrix3(args.b), c, epilogue);
+  const Operand a = matrix3(args.a), b = matrix3(args.b), c = matrix3(args.c);
+  if (s.k > 0 && (a.dims[0] > 1 || b.dims[0] > 1 || c.dims[0] == 1)) return oneapi::matmul(a, b, c, epilogue);
+  if (s.k > 0) {  // a and b both broadcast over c's batch: oneDNN wants a batch on one of them
+    for (int64_t e = 0; e < c.dims[0]; ++e) {
+      Operand entry = c;
+      entry.dims[0] = 1;
+      entry.data = static_cast<char*>(c.data) + e * c.strides[0] * int64_t(dtype_size(c.dtype));
+      ANVIL_RETURN_IF_ERROR(oneapi::matmul(a, b, entry, epilogue));
+    }
+    return Status::Ok();
+  }
   // An empty product: oneDNN's matmul then skips its epilogue, so apply it here.
   if (args.beta == 0.0) ANVIL_RETURN_IF_ERROR(oneapi::fill_zero(c));  // c is not read
   else if (args.beta != 1.0) ANVIL_RETURN_IF_ERROR(oneapi::scale(c, args.beta));
