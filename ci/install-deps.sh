@@ -7,6 +7,10 @@ apt_packages=(cmake ninja-build ccache g++ pkg-config clang libclang-rt-dev libo
               libgtest-dev libgmock-dev libbenchmark-dev libopenblas-dev
               ocl-icd-opencl-dev opencl-headers pocl-opencl-icd)
 pip_packages=(torch numpy pytest scikit-build-core matplotlib expecttest)
+# oneDNN v3 for the oneapi backend: the PyPI CPU build with GNU OpenMP (the README says why
+# this one). Pinned: newer PyPI oneDNN wheels are SYCL builds that need Intel's runtimes.
+onednn_package=onednn-devel-cpu-gomp
+onednn_version=2023.2.0
 
 missing=()
 command -v python3 >/dev/null || missing+=(python3 python3-pip python3-dev)
@@ -27,6 +31,7 @@ command -v python3 >/dev/null || missing+=(python3 python3-pip python3-dev)
 for p in "${pip_packages[@]}"; do
   "$python3" -m pip show -q "$p" >/dev/null 2>&1 || pip_missing+=("$p")
 done
+"$python3" -m pip show -q "$onednn_package" >/dev/null 2>&1 || pip_missing+=("$onednn_package==$onednn_version")
 if ((${#pip_missing[@]})); then
   echo "install-deps: pip install ${pip_missing[*]}"
   "$python3" -m pip install -q "${pip_missing[@]}"

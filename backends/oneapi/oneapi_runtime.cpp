@@ -1,6 +1,7 @@
 #include "backends/oneapi/oneapi_runtime.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <new>
 
 #include "anvil/runtime.h"
@@ -60,11 +61,19 @@ dnnl::memory::data_type data_type(DType dtype) {
 }
 
 dnnl::memory::desc Operand::desc() const {
-  // A dim of size 1 is never stepped over: give it the stride a dense layout would have, so
-  // views that differ only there share one descriptor (and one cached primitive).
+  // A dim of size 1 is never stepped over, so its stride is free; give it the one oneDNN's
+  // plain format tags give it, so that views which differ only there share a descriptor
+  // (and a cached primitive) and oneDNN recognises their format: an inner dim gets the
+  // dense stride of its place (the next dim's stride times its extent), the outermost dim
+  // the span of the others (an NHWC image with N = 1 is then nhwc, not some other order).
   Dims s = strides;
-  for (size_t i = dims.size(); i-- > 0;)
+  for (size_t i = dims.size(); i-- > 1;)
     if (dims[i] == 1) s[i] = i + 1 < dims.size() ? std::max<int64_t>(s[i + 1] * dims[i + 1], 1) : 1;
+  if (dims.size() > 0 && dims[0] == 1) {
+    int64_t span = 1;
+    for (size_t i = 1; i < dims.size(); ++i) span = std::max(span, s[i] * std::max<int64_t>(dims[i], 1));
+    s[0] = span;
+  }
   return dnnl::memory::desc(dims.to_vector(), data_type(dtype), s.to_vector());
 }
 
@@ -104,6 +113,53 @@ Key& Key::add(const Operand& op) {
 }
 
 namespace {
+
+struct PoolBuffer {
+  std::unique_ptr<char, decltype(&std::free)> data{nullptr, &std::free};
+  size_t capacity = 0;
+  bool busy = false;
+};
+
+std::vector<PoolBuffer>& thread_pool() {
+  thread_local std::vector<PoolBuffer> pool;
+  return pool;
+}
+
+}  // namespace
+
+Workspace::~Workspace() {
+  auto& pool = thread_pool();
+  for (size_t i : taken_) pool[i].busy = false;
+}
+
+void* Workspace::get(size_t bytes) {
+  auto& pool = thread_pool();
+  bytes = std::max<size_t>((bytes + 63) / 64 * 64, 64);
+  // The smallest free buffer that fits; else grow the largest free one; else a new one.
+  size_t pick = pool.size();
+  for (size_t i = 0; i < pool.size(); ++i) {
+    if (pool[i].busy) continue;
+    const bool fits = pool[i].capacity >= bytes;
+    if (pick == pool.size()) pick = i;
+    else if (fits && (pool[pick].capacity < bytes || pool[i].capacity < pool[pick].capacity)) pick = i;
+    else if (!fits && pool[pick].capacity < bytes && pool[i].capacity > pool[pick].capacity) pick = i;
+  }
+  if (pick == pool.size()) pool.emplace_back();
+  PoolBuffer& buffer = pool[pick];
+  if (buffer.capacity < bytes) {
+    buffer.data.reset(static_cast<char*>(std::aligned_alloc(64, bytes)));
+    if (!buffer.data) {
+      buffer.capacity = 0;
+      throw std::bad_alloc();
+    }
+    buffer.capacity = bytes;
+  }
+  buffer.busy = true;
+  taken_.push_back(pick);
+  return buffer.data.get();
+}
+
+namespace {
 // oneDNN's OpenMP runtime forks omp_get_max_threads() threads; hold it to anvil's budget
 // for the duration of one primitive, restoring the caller's setting even on a throw.
 class ThreadBudget {
@@ -136,9 +192,15 @@ void execute(const dnnl::primitive& primitive, const std::unordered_map<int, dnn
 }
 
 Status guarded(const char* what, const std::function<void()>& body) {
-  try {
+  return guarded_status(what, [&] {
     body();
     return Status::Ok();
+  });
+}
+
+Status guarded_status(const char* what, const std::function<Status()>& body) {
+  try {
+    return body();
   } catch (const dnnl::error& e) {
     const StatusCode code = e.status == dnnl_unimplemented ? StatusCode::unsupported
                             : e.status == dnnl_out_of_memory ? StatusCode::out_of_memory

@@ -132,6 +132,24 @@ template <class Entry> class PrimitiveCache {
   std::unordered_map<std::string, std::pair<std::shared_ptr<const Entry>, std::list<std::string>::iterator>> map_;
 };
 
+// Host scratch for one call: buffers from a per-thread pool that grows and is reused, so
+// that a call does not page in (or zero) fresh megabytes for its workspaces. Buffers go
+// back to the pool when the Workspace is destroyed; Workspaces may nest.
+class Workspace {
+ public:
+  Workspace() = default;
+  ~Workspace();
+  Workspace(const Workspace&) = delete;
+  Workspace& operator=(const Workspace&) = delete;
+
+  // bytes of uninitialised, 64-byte aligned memory, valid for this Workspace's lifetime.
+  void* get(size_t bytes);
+  template <class T> T* get(int64_t count) { return static_cast<T*>(get(size_t(count) * sizeof(T))); }
+
+ private:
+  std::vector<size_t> taken_;  // indices into the thread's pool
+};
+
 // Runs a primitive on this thread's stream with anvil's CPU thread budget (one thread
 // inside an enclosing parallel region) and waits for it.
 void execute(const dnnl::primitive& primitive, const std::unordered_map<int, dnnl::memory>& args);
@@ -139,5 +157,7 @@ void execute(const dnnl::primitive& primitive, const std::unordered_map<int, dnn
 // Runs body, turning a dnnl::error or an allocation failure into a Status that names what
 // was being done ("matmul primitive descriptor: ...").
 Status guarded(const char* what, const std::function<void()>& body);
+// The same for a body that returns a Status (a kernel's whole run).
+Status guarded_status(const char* what, const std::function<Status()>& body);
 
 }  // namespace anvil::oneapi

@@ -17,6 +17,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <limits>
+#include <utility>
 #include <vector>
 
 #include "dispatch/kernel_record.h"
@@ -42,34 +43,24 @@ int64_t score_budget() {
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 // A (B, heads, L, D) tensor as f32: the caller's view when it is f32, else a converted copy.
-struct F32Tensor {
-  std::vector<float> storage;
-  Operand op;
-};
-
-Status as_f32(const TensorRef& t, F32Tensor* out) {
-  out->op = oneapi::operand_of(t);
+Status as_f32(const TensorRef& t, oneapi::Workspace& ws, Operand* out) {
+  *out = oneapi::operand_of(t);
   if (t.dtype == DType::f32) return Status::Ok();
-  out->storage.resize(size_t(t.numel()));
-  const Operand wide = oneapi::dense(DType::f32, out->op.dims, out->storage.data());
-  ANVIL_RETURN_IF_ERROR(oneapi::reorder(out->op, wide));
-  out->op = wide;
+  const Operand wide = oneapi::dense(DType::f32, out->dims, ws.get<float>(t.numel()));
+  ANVIL_RETURN_IF_ERROR(oneapi::reorder(*out, wide));
+  *out = wide;
   return Status::Ok();
 }
 
 // An f32 output: the caller's view when it is f32, else a workspace written back by finish().
 struct F32Output {
   TensorRef user;
-  F32Tensor f32;
-  explicit F32Output(const TensorRef& t) : user(t) {
-    f32.op = oneapi::operand_of(t);
-    if (t.dtype != DType::f32) {
-      f32.storage.resize(size_t(t.numel()));
-      f32.op = oneapi::dense(DType::f32, f32.op.dims, f32.storage.data());
-    }
+  Operand f32;
+  F32Output(const TensorRef& t, oneapi::Workspace& ws) : user(t), f32(oneapi::operand_of(t)) {
+    if (t.dtype != DType::f32) f32 = oneapi::dense(DType::f32, f32.dims, ws.get<float>(t.numel()));
   }
   Status finish() const {
-    return user.dtype == DType::f32 ? Status::Ok() : oneapi::reorder(f32.op, oneapi::operand_of(user));
+    return user.dtype == DType::f32 ? Status::Ok() : oneapi::reorder(f32, oneapi::operand_of(user));
   }
 };
 
@@ -206,39 +197,40 @@ Status can_implement(const AttentionArgs&) { return oneapi::available(); }
 Status can_implement_backward(const AttentionBackwardArgs&) { return oneapi::available(); }
 
 // ------------------------------------------------------------------ forward
-Status forward_run(const AttentionArgs& args) {
+Status forward(const AttentionArgs& args) {
   Problem p = problem_of(args.q, args.k, args.v, args.mask, args.causal, args.scale);
   const auto& s = p.s;
   if (s.batch == 0 || s.heads == 0 || s.seq_q == 0) return Status::Ok();
-  F32Output out(args.out);
+  oneapi::Workspace ws;
+  F32Output out(args.out, ws);
   const auto write_lse = [&](int64_t b, int64_t h, int64_t i, float value) {
     if (args.lse) args.lse->ptr<float>()[b * args.lse->strides[0] + h * args.lse->strides[1] + i * args.lse->strides[2]] = value;
   };
   if (s.seq_k == 0) {  // every row is fully masked
-    ANVIL_RETURN_IF_ERROR(oneapi::fill_zero(out.f32.op));
+    ANVIL_RETURN_IF_ERROR(oneapi::fill_zero(out.f32));
     for (int64_t b = 0; b < s.batch; ++b)
       for (int64_t h = 0; h < s.heads; ++h)
         for (int64_t i = 0; i < s.seq_q; ++i) write_lse(b, h, i, kNegInf);
     return out.finish();
   }
-  F32Tensor q, k, v;
-  ANVIL_RETURN_IF_ERROR(as_f32(args.q, &q));
-  ANVIL_RETURN_IF_ERROR(as_f32(args.k, &k));
-  ANVIL_RETURN_IF_ERROR(as_f32(args.v, &v));
-  std::vector<float> probs_storage(size_t(p.batch_block * s.heads * p.row_block * s.seq_k));
+  Operand q, k, v;
+  ANVIL_RETURN_IF_ERROR(as_f32(args.q, ws, &q));
+  ANVIL_RETURN_IF_ERROR(as_f32(args.k, ws, &k));
+  ANVIL_RETURN_IF_ERROR(as_f32(args.v, ws, &v));
+  float* probs_storage = ws.get<float>(p.batch_block * s.heads * p.row_block * s.seq_k);
   std::vector<float> row_max;
   std::vector<int64_t> row_argmax;
   for (int64_t b0 = 0; b0 < s.batch; b0 += p.batch_block)
     for (int64_t i0 = 0; i0 < s.seq_q; i0 += p.row_block) {
       const int64_t nb = std::min(p.batch_block, s.batch - b0), qb = std::min(p.row_block, s.seq_q - i0);
-      const Operand probs = oneapi::dense(DType::f32, {nb, s.kv_heads, s.group(), qb, s.seq_k}, probs_storage.data());
-      ANVIL_RETURN_IF_ERROR(probabilities(p, q.op, k.op, b0, nb, i0, qb, probs, row_max, row_argmax));
-      ANVIL_RETURN_IF_ERROR(oneapi::matmul(probs, kv_side(v.op, b0, nb), query_side(out.f32.op, b0, nb, i0, qb, s.group())));
+      const Operand probs = oneapi::dense(DType::f32, {nb, s.kv_heads, s.group(), qb, s.seq_k}, probs_storage);
+      ANVIL_RETURN_IF_ERROR(probabilities(p, q, k, b0, nb, i0, qb, probs, row_max, row_argmax));
+      ANVIL_RETURN_IF_ERROR(oneapi::matmul(probs, kv_side(v, b0, nb), query_side(out.f32, b0, nb, i0, qb, s.group())));
       for (int64_t b = 0, r = 0; b < nb; ++b)
         for (int64_t h = 0; h < s.heads; ++h)
           for (int64_t i = 0; i < qb; ++i, ++r) {
             const float m = row_max[size_t(r)];
-            const float at_max = probs_storage[size_t(r * s.seq_k + row_argmax[size_t(r)])];
+            const float at_max = probs_storage[r * s.seq_k + row_argmax[size_t(r)]];
             write_lse(b0 + b, h, i0 + i, m == kNegInf ? kNegInf : m - std::log(at_max));
           }
     }
@@ -246,26 +238,28 @@ Status forward_run(const AttentionArgs& args) {
 }
 
 // ------------------------------------------------------------------ backward
-Status backward_run(const AttentionBackwardArgs& args) {
+Status backward(const AttentionBackwardArgs& args) {
   Problem p = problem_of(args.q, args.k, args.v, args.mask, args.causal, args.scale);
   const auto& s = p.s;
-  F32Output grad_q(args.grad_q), grad_k(args.grad_k), grad_v(args.grad_v);
+  oneapi::Workspace ws;
+  F32Output grad_q(args.grad_q, ws);
   // dK and dV sum over query rows and the heads of a group: f32 accumulators.
-  std::vector<float> dk_sum(size_t(s.batch * s.kv_heads * s.seq_k * s.head_dim)),
-      dv_sum(size_t(s.batch * s.kv_heads * s.seq_k * s.value_dim));
-  const Operand dk = oneapi::dense(DType::f32, {s.batch, s.kv_heads, s.seq_k, s.head_dim}, dk_sum.data());
-  const Operand dv = oneapi::dense(DType::f32, {s.batch, s.kv_heads, s.seq_k, s.value_dim}, dv_sum.data());
+  const Operand dk = oneapi::dense(DType::f32, {s.batch, s.kv_heads, s.seq_k, s.head_dim},
+                                   ws.get<float>(s.batch * s.kv_heads * s.seq_k * s.head_dim));
+  const Operand dv = oneapi::dense(DType::f32, {s.batch, s.kv_heads, s.seq_k, s.value_dim},
+                                   ws.get<float>(s.batch * s.kv_heads * s.seq_k * s.value_dim));
   const bool empty = s.batch == 0 || s.heads == 0 || s.seq_q == 0 || s.seq_k == 0;
-  if (empty) {
-    ANVIL_RETURN_IF_ERROR(oneapi::fill_zero(grad_q.f32.op));
+  if (empty) {  // sums over nothing
+    for (const Operand* zero : {&std::as_const(grad_q.f32), &dk, &dv}) ANVIL_RETURN_IF_ERROR(oneapi::fill_zero(*zero));
   } else {
-    F32Tensor q, k, v, grad_out;
-    ANVIL_RETURN_IF_ERROR(as_f32(args.q, &q));
-    ANVIL_RETURN_IF_ERROR(as_f32(args.k, &k));
-    ANVIL_RETURN_IF_ERROR(as_f32(args.v, &v));
-    ANVIL_RETURN_IF_ERROR(as_f32(args.grad_out, &grad_out));
-    const size_t block = size_t(p.batch_block * s.heads * p.row_block * s.seq_k);
-    std::vector<float> probs_storage(block), grad_storage(block);
+    Operand q, k, v, grad_out;
+    ANVIL_RETURN_IF_ERROR(as_f32(args.q, ws, &q));
+    ANVIL_RETURN_IF_ERROR(as_f32(args.k, ws, &k));
+    ANVIL_RETURN_IF_ERROR(as_f32(args.v, ws, &v));
+    ANVIL_RETURN_IF_ERROR(as_f32(args.grad_out, ws, &grad_out));
+    const int64_t block = p.batch_block * s.heads * p.row_block * s.seq_k;
+    float* probs_storage = ws.get<float>(block);
+    float* grad_storage = ws.get<float>(block);
     std::vector<float> row_max;
     std::vector<int64_t> row_argmax;
     const int64_t G = s.group();
@@ -273,15 +267,15 @@ Status backward_run(const AttentionBackwardArgs& args) {
       for (int64_t i0 = 0; i0 < s.seq_q; i0 += p.row_block) {
         const int64_t nb = std::min(p.batch_block, s.batch - b0), qb = std::min(p.row_block, s.seq_q - i0);
         const oneapi::Dims dims = {nb, s.kv_heads, G, qb, s.seq_k};
-        const Operand probs = oneapi::dense(DType::f32, dims, probs_storage.data());
-        const Operand grad = oneapi::dense(DType::f32, dims, grad_storage.data());
-        ANVIL_RETURN_IF_ERROR(probabilities(p, q.op, k.op, b0, nb, i0, qb, probs, row_max, row_argmax));
-        const Operand d_out = query_side(grad_out.op, b0, nb, i0, qb, G);
-        ANVIL_RETURN_IF_ERROR(oneapi::matmul(d_out, kv_side(v.op, b0, nb, true), grad));  // dP
-        ANVIL_RETURN_IF_ERROR(oneapi::softmax_backward(probs, grad, grad));                  // dS
-        ANVIL_RETURN_IF_ERROR(oneapi::matmul(grad, kv_side(k.op, b0, nb), query_side(grad_q.f32.op, b0, nb, i0, qb, G),
+        const Operand probs = oneapi::dense(DType::f32, dims, probs_storage);
+        const Operand grad = oneapi::dense(DType::f32, dims, grad_storage);
+        ANVIL_RETURN_IF_ERROR(probabilities(p, q, k, b0, nb, i0, qb, probs, row_max, row_argmax));
+        const Operand d_out = query_side(grad_out, b0, nb, i0, qb, G);
+        ANVIL_RETURN_IF_ERROR(oneapi::matmul(d_out, kv_side(v, b0, nb, true), grad));  // dP
+        ANVIL_RETURN_IF_ERROR(oneapi::softmax_backward(probs, grad, grad));             // dS
+        ANVIL_RETURN_IF_ERROR(oneapi::matmul(grad, kv_side(k, b0, nb), query_side(grad_q.f32, b0, nb, i0, qb, G),
                                              {p.scale, 0.0, std::nullopt}));
-        const Operand q_blk = query_side(q.op, b0, nb, i0, qb, G);
+        const Operand q_blk = query_side(q, b0, nb, i0, qb, G);
         const Operand dk_blk = group_slice(kv_side(dk, b0, nb), 0), dv_blk = group_slice(kv_side(dv, b0, nb), 0);
         for (int64_t g = 0; g < G; ++g) {
           const double beta = i0 == 0 && g == 0 ? 0.0 : 1.0;  // the first contribution overwrites
@@ -296,6 +290,14 @@ Status backward_run(const AttentionBackwardArgs& args) {
   if (args.grad_k.numel() > 0) ANVIL_RETURN_IF_ERROR(oneapi::reorder(dk, oneapi::operand_of(args.grad_k)));
   if (args.grad_v.numel() > 0) ANVIL_RETURN_IF_ERROR(oneapi::reorder(dv, oneapi::operand_of(args.grad_v)));
   return Status::Ok();
+}
+
+// Workspaces may fail to allocate: that is a Status, not an exception.
+Status forward_run(const AttentionArgs& args) {
+  return oneapi::guarded_status("attention forward", [&] { return forward(args); });
+}
+Status backward_run(const AttentionBackwardArgs& args) {
+  return oneapi::guarded_status("attention backward", [&] { return backward(args); });
 }
 
 }  // namespace

@@ -115,15 +115,14 @@ Status reduce_sum(const Operand& src, const Operand& dst) {
   if (src.dims == dst.dims) return reorder(src, dst);  // nothing to sum; oneDNN rejects it
   // oneDNN 3.2's CPU reduction misses 16-bit cases (f16 entirely, bf16 for some layouts):
   // 16-bit operands go through f32 copies.
+  Workspace ws;
   if (src.dtype != DType::f32) {
-    std::vector<float> widened(size_t(src.numel()));
-    const Operand wide = dense(DType::f32, src.dims, widened.data());
+    const Operand wide = dense(DType::f32, src.dims, ws.get<float>(src.numel()));
     ANVIL_RETURN_IF_ERROR(reorder(src, wide));
     return reduce_sum(wide, dst);
   }
   if (dst.dtype != DType::f32) {
-    std::vector<float> sums(size_t(dst.numel()));
-    const Operand wide = dense(DType::f32, dst.dims, sums.data());
+    const Operand wide = dense(DType::f32, dst.dims, ws.get<float>(dst.numel()));
     ANVIL_RETURN_IF_ERROR(reduce_sum(src, wide));
     return reorder(wide, dst);
   }

@@ -51,32 +51,31 @@ oneapi::Key plan_key(const char* kind, const std::vector<const Operand*>& ops, c
   return key;
 }
 
-// A memory in the format a primitive wants: the caller's operand itself when the formats
-// agree, else a workspace (reordered from the caller's operand when it is an input).
-class Bound {
- public:
-  Bound(const Operand& user, const memory::desc& wanted, bool is_input) : user_(user) {
+// How one argument reaches a primitive: in place when the caller's format is the one the
+// primitive wants, else through a workspace and a reorder made once with the plan.
+struct Staging {
+  memory::desc wanted;
+  std::optional<dnnl::reorder> reorder;  // caller -> workspace (inputs), workspace -> caller (outputs)
+
+  Staging() = default;
+  Staging(const Operand& user, const memory::desc& want, bool is_input) : wanted(want) {
     const memory::desc mine = user.desc();
-    if (wanted == mine) {
-      memory_ = user.memory();
-      return;
-    }
-    storage_.resize(wanted.get_size());
-    memory_ = memory(wanted, oneapi::engine(), storage_.data());
-    if (is_input) oneapi::execute(dnnl::reorder(user.memory(), memory_), {{DNNL_ARG_FROM, user.memory()}, {DNNL_ARG_TO, memory_}});
-  }
-  const memory& get() const { return memory_; }
-  // Writes a workspace output back to the caller's operand.
-  void write_back() const {
-    if (storage_.empty()) return;
-    const memory dst = user_.memory();
-    oneapi::execute(dnnl::reorder(memory_, dst), {{DNNL_ARG_FROM, memory_}, {DNNL_ARG_TO, dst}});
+    if (mine == want) return;
+    reorder = is_input ? dnnl::reorder(dnnl::reorder::primitive_desc(oneapi::engine(), mine, oneapi::engine(), want))
+                       : dnnl::reorder(dnnl::reorder::primitive_desc(oneapi::engine(), want, oneapi::engine(), mine));
   }
 
- private:
-  Operand user_;
-  std::vector<char> storage_;
-  memory memory_;
+  // The memory the primitive reads or writes; for an input, filled from the caller's.
+  memory bind(const Operand& user, bool is_input, oneapi::Workspace& ws) const {
+    if (!reorder) return user.memory();
+    memory staged(wanted, oneapi::engine(), ws.get(wanted.get_size()));
+    if (is_input) oneapi::execute(*reorder, {{DNNL_ARG_FROM, user.memory()}, {DNNL_ARG_TO, staged}});
+    return staged;
+  }
+  // Writes a staged output back to the caller's operand.
+  void write_back(const memory& staged, const Operand& user) const {
+    if (reorder) oneapi::execute(*reorder, {{DNNL_ARG_FROM, staged}, {DNNL_ARG_TO, user.memory()}});
+  }
 };
 
 memory::desc any_like(const Operand& op) {
@@ -102,8 +101,8 @@ dnnl::convolution_forward::primitive_desc forward_pd(prop kind, const Operand& s
 
 // ------------------------------------------------------------------ forward
 struct ForwardPlan {
-  dnnl::convolution_forward::primitive_desc pd;
   dnnl::convolution_forward primitive;
+  Staging src, weights, dst;
 };
 
 Status can_implement(const Conv2dArgs&) { return oneapi::available(); }
@@ -129,27 +128,28 @@ Status forward_run(const Conv2dArgs& args) {
   static oneapi::PrimitiveCache<ForwardPlan> cache;
   return oneapi::guarded("convolution forward", [&] {
     auto plan = cache.get(plan_key("conv_fwd", {&src, &weights, bias ? &*bias : nullptr, &dst}, args.params), [&] {
-      auto pd = forward_pd(prop::forward_inference, src, weights, bias ? &*bias : nullptr, dst, g);
-      return ForwardPlan{pd, dnnl::convolution_forward(pd)};
+      const auto pd = forward_pd(prop::forward_inference, src, weights, bias ? &*bias : nullptr, dst, g);
+      return ForwardPlan{dnnl::convolution_forward(pd), Staging(src, pd.src_desc(), true),
+                         Staging(weights, pd.weights_desc(), true), Staging(dst, pd.dst_desc(), false)};
     });
-    const Bound in(src, plan->pd.src_desc(), true), wt(weights, plan->pd.weights_desc(), true),
-        out(dst, plan->pd.dst_desc(), false);
-    std::unordered_map<int, memory> exec_args = {{DNNL_ARG_SRC, in.get()}, {DNNL_ARG_WEIGHTS, wt.get()},
-                                                 {DNNL_ARG_DST, out.get()}};
+    oneapi::Workspace ws;
+    const memory in = plan->src.bind(src, true, ws), wt = plan->weights.bind(weights, true, ws),
+                 out = plan->dst.bind(dst, false, ws);
+    std::unordered_map<int, memory> exec_args = {{DNNL_ARG_SRC, in}, {DNNL_ARG_WEIGHTS, wt}, {DNNL_ARG_DST, out}};
     if (bias) exec_args.emplace(DNNL_ARG_BIAS, bias->memory());
     oneapi::execute(plan->primitive, exec_args);
-    out.write_back();
+    plan->dst.write_back(out, dst);
   });
 }
 
 // ------------------------------------------------------------------ backward
 struct BackwardDataPlan {
-  dnnl::convolution_backward_data::primitive_desc pd;
   dnnl::convolution_backward_data primitive;
+  Staging diff_dst, weights, diff_src;
 };
 struct BackwardWeightsPlan {
-  dnnl::convolution_backward_weights::primitive_desc pd;
   dnnl::convolution_backward_weights primitive;
+  Staging src, diff_dst, diff_weights;
 };
 
 Status backward_data(const Operand& diff_dst, const Operand& weights, const Operand& diff_src, const Geometry& g,
@@ -170,13 +170,14 @@ Status backward_data(const Operand& diff_dst, const Operand& weights, const Oper
         if (e.status != dnnl_unimplemented) throw;
         pd = make(any_like(diff_src), any_like(diff_dst));
       }
-      return BackwardDataPlan{pd, dnnl::convolution_backward_data(pd)};
+      return BackwardDataPlan{dnnl::convolution_backward_data(pd), Staging(diff_dst, pd.diff_dst_desc(), true),
+                              Staging(weights, pd.weights_desc(), true), Staging(diff_src, pd.diff_src_desc(), false)};
     });
-    const Bound dd(diff_dst, plan->pd.diff_dst_desc(), true), wt(weights, plan->pd.weights_desc(), true),
-        ds(diff_src, plan->pd.diff_src_desc(), false);
-    oneapi::execute(plan->primitive,
-                    {{DNNL_ARG_DIFF_DST, dd.get()}, {DNNL_ARG_WEIGHTS, wt.get()}, {DNNL_ARG_DIFF_SRC, ds.get()}});
-    ds.write_back();
+    oneapi::Workspace ws;
+    const memory dd = plan->diff_dst.bind(diff_dst, true, ws), wt = plan->weights.bind(weights, true, ws),
+                 ds = plan->diff_src.bind(diff_src, false, ws);
+    oneapi::execute(plan->primitive, {{DNNL_ARG_DIFF_DST, dd}, {DNNL_ARG_WEIGHTS, wt}, {DNNL_ARG_DIFF_SRC, ds}});
+    plan->diff_src.write_back(ds, diff_src);
   });
 }
 
@@ -184,8 +185,11 @@ Status backward_weights(const Operand& src, const Operand& diff_dst, const Opera
                         const Operand* diff_bias, const Operand& weights_shape, const Geometry& g,
                         const Conv2dParams& p) {
   static oneapi::PrimitiveCache<BackwardWeightsPlan> cache;
+  // The weight gradient is always computed (oneDNN has no bias-only primitive); without
+  // a caller tensor it lands in a dense workspace and is dropped.
+  Operand dw = diff_weights ? *diff_weights : oneapi::dense(weights_shape.dtype, weights_shape.dims, nullptr);
   return oneapi::guarded("convolution backward weights", [&] {
-    auto plan = cache.get(plan_key("conv_bwd_weights", {&src, &diff_dst, &weights_shape, diff_bias}, p), [&] {
+    auto plan = cache.get(plan_key("conv_bwd_weights", {&src, &diff_dst, &weights_shape, &dw, diff_bias}, p), [&] {
       const auto hint = forward_pd(prop::forward_training, src, weights_shape, diff_bias, diff_dst, g);
       const memory::desc bias_desc = diff_bias ? diff_bias->desc() : memory::desc();
       auto make = [&](const memory::desc& s, const memory::desc& dd) {
@@ -200,22 +204,18 @@ Status backward_weights(const Operand& src, const Operand& diff_dst, const Opera
         if (e.status != dnnl_unimplemented) throw;
         pd = make(any_like(src), any_like(diff_dst));
       }
-      return BackwardWeightsPlan{pd, dnnl::convolution_backward_weights(pd)};
+      return BackwardWeightsPlan{dnnl::convolution_backward_weights(pd), Staging(src, pd.src_desc(), true),
+                                 Staging(diff_dst, pd.diff_dst_desc(), true),
+                                 Staging(dw, pd.diff_weights_desc(), false)};
     });
-    // The weight gradient is always computed (oneDNN has no bias-only primitive); without
-    // a caller tensor it lands in a workspace and is dropped.
-    std::vector<char> unused;
-    const Operand dw = diff_weights ? *diff_weights : [&] {
-      unused.resize(size_t(weights_shape.numel()) * dtype_size(weights_shape.dtype));
-      return oneapi::dense(weights_shape.dtype, weights_shape.dims, unused.data());
-    }();
-    const Bound in(src, plan->pd.src_desc(), true), dd(diff_dst, plan->pd.diff_dst_desc(), true),
-        dwt(dw, plan->pd.diff_weights_desc(), false);
-    std::unordered_map<int, memory> exec_args = {
-        {DNNL_ARG_SRC, in.get()}, {DNNL_ARG_DIFF_DST, dd.get()}, {DNNL_ARG_DIFF_WEIGHTS, dwt.get()}};
+    oneapi::Workspace ws;
+    if (!diff_weights) dw.data = ws.get(size_t(dw.numel()) * dtype_size(dw.dtype));
+    const memory in = plan->src.bind(src, true, ws), dd = plan->diff_dst.bind(diff_dst, true, ws),
+                 dwt = plan->diff_weights.bind(dw, false, ws);
+    std::unordered_map<int, memory> exec_args = {{DNNL_ARG_SRC, in}, {DNNL_ARG_DIFF_DST, dd}, {DNNL_ARG_DIFF_WEIGHTS, dwt}};
     if (diff_bias) exec_args.emplace(DNNL_ARG_DIFF_BIAS, diff_bias->memory());
     oneapi::execute(plan->primitive, exec_args);
-    dwt.write_back();
+    plan->diff_weights.write_back(dwt, dw);
   });
 }
 

@@ -5,8 +5,6 @@
 // beta a sum post-op, so bias is not scaled: c = alpha * a @ b + bias + beta * c.
 // A gradient of an operand broadcast over the batch is a matmul into an f32 workspace
 // per batch entry followed by a reduction primitive.
-#include <vector>
-
 #include "dispatch/kernel_record.h"
 #include "kernels/common/primitives_oneapi.h"
 #include "kernels/gemm/gemm_desc.h"
@@ -62,13 +60,14 @@ Status gemm_run(const GemmArgs& args) {
 // of src @ weights, where src and weights span the full batch of the call.
 Status product_into(const Operand& src, const Operand& weights, const Operand& dst, int64_t batch, double alpha) {
   if (dst.dims[0] == batch) return oneapi::matmul(src, weights, dst, {alpha, 0.0, std::nullopt});
-  std::vector<float> per_entry(size_t(batch * dst.dims[1] * dst.dims[2]));
-  const Operand partial = oneapi::dense(DType::f32, {batch, dst.dims[1], dst.dims[2]}, per_entry.data());
+  oneapi::Workspace ws;
+  const Operand partial = oneapi::dense(DType::f32, {batch, dst.dims[1], dst.dims[2]},
+                                        ws.get<float>(batch * dst.dims[1] * dst.dims[2]));
   ANVIL_RETURN_IF_ERROR(oneapi::matmul(src, weights, partial, {alpha, 0.0, std::nullopt}));
   return oneapi::reduce_sum(partial, dst);
 }
 
-Status gemm_backward_run(const GemmBackwardArgs& args) {
+Status backward(const GemmBackwardArgs& args) {
   const auto s = gemm_desc::shape_of(args);
   const Operand grad_c = matrix3(args.grad_c);
   const bool empty = s.batch == 0 || s.m == 0 || s.n == 0;
@@ -89,6 +88,11 @@ Status gemm_backward_run(const GemmBackwardArgs& args) {
     else ANVIL_RETURN_IF_ERROR(oneapi::reduce_sum(grad_c, grad_bias));
   }
   return Status::Ok();
+}
+
+// Workspaces may fail to allocate: that is a Status, not an exception.
+Status gemm_backward_run(const GemmBackwardArgs& args) {
+  return oneapi::guarded_status("gemm backward", [&] { return backward(args); });
 }
 
 }  // namespace
