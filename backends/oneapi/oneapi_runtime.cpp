@@ -191,24 +191,15 @@ void execute(const dnnl::primitive& primitive, const std::unordered_map<int, dnn
   stream.wait();
 }
 
-Status guarded(const char* what, const std::function<void()>& body) {
-  return guarded_status(what, [&] {
-    body();
-    return Status::Ok();
-  });
+Status error_status(const char* what, const dnnl::error& e) {
+  const StatusCode code = e.status == dnnl_unimplemented    ? StatusCode::unsupported
+                          : e.status == dnnl_out_of_memory ? StatusCode::out_of_memory
+                                                           : StatusCode::runtime_error;
+  return {code, std::string("oneDNN ") + what + ": " + e.what() + " (dnnl_status " + std::to_string(int(e.status)) + ")"};
 }
 
-Status guarded_status(const char* what, const std::function<Status()>& body) {
-  try {
-    return body();
-  } catch (const dnnl::error& e) {
-    const StatusCode code = e.status == dnnl_unimplemented ? StatusCode::unsupported
-                            : e.status == dnnl_out_of_memory ? StatusCode::out_of_memory
-                                                             : StatusCode::runtime_error;
-    return {code, std::string("oneDNN ") + what + ": " + e.what() + " (dnnl_status " + std::to_string(int(e.status)) + ")"};
-  } catch (const std::bad_alloc&) {
-    return {StatusCode::out_of_memory, std::string("oneDNN ") + what + ": out of host memory"};
-  }
+Status out_of_memory_status(const char* what) {
+  return {StatusCode::out_of_memory, std::string("oneDNN ") + what + ": out of host memory"};
 }
 
 }  // namespace anvil::oneapi

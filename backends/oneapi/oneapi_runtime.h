@@ -6,7 +6,11 @@
 #include <algorithm>
 #include <array>
 #include <cstdint>
-#include <functional>
+#include <cstring>
+#include <new>
+#include <stdexcept>
+#include <string_view>
+#include <type_traits>
 #include <list>
 #include <memory>
 #include <mutex>
@@ -79,20 +83,21 @@ Operand dense(DType dtype, const Dims& dims, void* data);
 // attributes): binary, not formatted.
 class Key {
  public:
-  explicit Key(const char* kind) : bytes_(kind) {}
-  Key& add(int64_t v) {
-    bytes_.append(reinterpret_cast<const char*>(&v), sizeof v);
-    return *this;
-  }
-  Key& add(double v) {
-    bytes_.append(reinterpret_cast<const char*>(&v), sizeof v);
-    return *this;
-  }
+  explicit Key(const char* kind) { append(kind, std::strlen(kind)); }
+  Key& add(int64_t v) { return append(&v, sizeof v); }
+  Key& add(double v) { return append(&v, sizeof v); }
   Key& add(const Operand& op);
-  const std::string& str() const { return bytes_; }
+  std::string_view view() const { return {bytes_.data(), size_}; }
 
  private:
-  std::string bytes_;
+  Key& append(const void* data, size_t n) {
+    if (size_ + n > bytes_.size()) throw std::length_error("anvil oneapi: primitive key too long");
+    std::memcpy(bytes_.data() + size_, data, n);
+    size_ += n;
+    return *this;
+  }
+  std::array<char, 640> bytes_;  // inline: building a key allocates nothing (a key is < 400 bytes)
+  size_t size_ = 0;
 };
 
 // Primitives by key, so that a repeated call creates nothing (creating a primitive
@@ -106,7 +111,7 @@ template <class Entry> class PrimitiveCache {
   template <class Make> std::shared_ptr<const Entry> get(const Key& key, const Make& make) {
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      auto it = map_.find(key.str());
+      auto it = map_.find(key.view());
       if (it != map_.end()) {
         order_.splice(order_.begin(), order_, it->second.second);
         return it->second.first;
@@ -114,22 +119,29 @@ template <class Entry> class PrimitiveCache {
     }
     auto entry = std::make_shared<const Entry>(make());  // outside the lock: may JIT for ms
     std::lock_guard<std::mutex> lock(mutex_);
-    auto [it, inserted] = map_.try_emplace(key.str(), entry, order_.end());
+    auto [it, inserted] = map_.try_emplace(std::string(key.view()), entry, order_.end());
     if (!inserted) return it->second.first;  // another thread made it first
-    order_.push_front(key.str());
+    order_.push_front(it->first);
     it->second.second = order_.begin();
     if (map_.size() > capacity_) {
-      map_.erase(order_.back());
+      map_.erase(map_.find(order_.back()));
       order_.pop_back();
     }
     return entry;
   }
 
  private:
+  // Lookups by string_view, without building a std::string per call.
+  struct Hash {
+    using is_transparent = void;
+    size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
+  };
   size_t capacity_;
   std::mutex mutex_;
   std::list<std::string> order_;  // most recent first
-  std::unordered_map<std::string, std::pair<std::shared_ptr<const Entry>, std::list<std::string>::iterator>> map_;
+  std::unordered_map<std::string, std::pair<std::shared_ptr<const Entry>, std::list<std::string>::iterator>, Hash,
+                     std::equal_to<>>
+      map_;
 };
 
 // Host scratch for one call: buffers from a per-thread pool that grows and is reused, so
@@ -154,10 +166,25 @@ class Workspace {
 // inside an enclosing parallel region) and waits for it.
 void execute(const dnnl::primitive& primitive, const std::unordered_map<int, dnnl::memory>& args);
 
-// Runs body, turning a dnnl::error or an allocation failure into a Status that names what
-// was being done ("matmul primitive descriptor: ...").
-Status guarded(const char* what, const std::function<void()>& body);
-// The same for a body that returns a Status (a kernel's whole run).
-Status guarded_status(const char* what, const std::function<Status()>& body);
+// The Status for a oneDNN error or an allocation failure while doing `what`.
+Status error_status(const char* what, const dnnl::error& e);
+Status out_of_memory_status(const char* what);
+
+// Runs body (returning void or Status), turning a dnnl::error or an allocation failure
+// into a Status that names what was being done ("matmul primitive descriptor: ...").
+template <class Body> Status guarded(const char* what, Body&& body) {
+  try {
+    if constexpr (std::is_void_v<decltype(body())>) {
+      body();
+      return Status::Ok();
+    } else {
+      return body();
+    }
+  } catch (const dnnl::error& e) {
+    return error_status(what, e);
+  } catch (const std::bad_alloc&) {
+    return out_of_memory_status(what);
+  }
+}
 
 }  // namespace anvil::oneapi

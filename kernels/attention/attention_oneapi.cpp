@@ -294,10 +294,10 @@ Status backward(const AttentionBackwardArgs& args) {
 
 // Workspaces may fail to allocate: that is a Status, not an exception.
 Status forward_run(const AttentionArgs& args) {
-  return oneapi::guarded_status("attention forward", [&] { return forward(args); });
+  return oneapi::guarded("attention forward", [&] { return forward(args); });
 }
 Status backward_run(const AttentionBackwardArgs& args) {
-  return oneapi::guarded_status("attention backward", [&] { return backward(args); });
+  return oneapi::guarded("attention backward", [&] { return backward(args); });
 }
 
 }  // namespace

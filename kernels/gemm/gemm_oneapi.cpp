@@ -92,7 +92,7 @@ Status backward(const GemmBackwardArgs& args) {
 
 // Workspaces may fail to allocate: that is a Status, not an exception.
 Status gemm_backward_run(const GemmBackwardArgs& args) {
-  return oneapi::guarded_status("gemm backward", [&] { return backward(args); });
+  return oneapi::guarded("gemm backward", [&] { return backward(args); });
 }
 
 }  // namespace
