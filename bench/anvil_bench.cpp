@@ -213,31 +213,35 @@ void register_gemm_bf16() {
       return anvil::gemm_args_row_major(anvil::DType::bf16, anvil::Transpose::no, anvil::Transpose::no, m, n, k, 1.0,
                                         half->a.data(), k, half->b.data(), n, 0.0, half->c.data(), n);
     };
-    std::string kernel, f32_kernel;
-    if (!anvil::select_kernel(args(), &kernel).ok() || !anvil::select_kernel(f32->args(), &f32_kernel).ok()) continue;
-    if (too_large_for(kernel, flops) || too_large_for(f32_kernel, flops)) continue;
-    benchmark::RegisterBenchmark(("gemm/" + shape + "/anvil:" + kernel).c_str(), [=](benchmark::State& state) {
-      if (!anvil::gemm(args()).ok()) return state.SkipWithError("gemm failed");
-      std::vector<float> out(half->c.size());
-      for (size_t i = 0; i < out.size(); ++i) out[i] = anvil::to_float(half->c[i]);
-      std::string why;
-      // Inputs are the bf16-rounded values; the check allows the output's bf16 rounding.
-      const bool ok = spot_check(out.data(), out.size(), [&](size_t idx, double* bound) {
-        const int64_t i = int64_t(idx) / n, j = int64_t(idx) % n;
-        double sum = 0;
-        for (int64_t p = 0; p < k; ++p) {
-          const double t = double(anvil::to_float(half->a[size_t(i * k + p)])) * double(anvil::to_float(half->b[size_t(p * n + j)]));
-          sum += t;
-          *bound += std::abs(t);
-        }
-        *bound *= 40;  // 1e-4 * 40 = 4e-3 ~ bf16 half-ulp relative to the magnitude sum
-        return sum;
-      }, &why);
-      if (!ok) return state.SkipWithError(("wrong result: " + why).c_str());
-      for (auto _ : state) benchmark::DoNotOptimize(anvil::gemm(args()));
-      set_flops(state, flops);
-    })->Unit(benchmark::kMillisecond)->UseRealTime();
+    std::string f32_kernel;
+    if (!anvil::select_kernel(f32->args(), &f32_kernel).ok() || too_large_for(f32_kernel, flops)) continue;
+    for (const std::string& kernel : kernels_to_time(args())) {
+      if (too_large_for(kernel, flops)) continue;
+      benchmark::RegisterBenchmark(("gemm/" + shape + "/anvil:" + kernel).c_str(), [=](benchmark::State& state) {
+        anvil::ScopedOverrides force({"", kernel});
+        if (!anvil::gemm(args()).ok()) return state.SkipWithError("gemm failed");
+        std::vector<float> out(half->c.size());
+        for (size_t i = 0; i < out.size(); ++i) out[i] = anvil::to_float(half->c[i]);
+        std::string why;
+        // Inputs are the bf16-rounded values; the check allows the output's bf16 rounding.
+        const bool ok = spot_check(out.data(), out.size(), [&](size_t idx, double* bound) {
+          const int64_t i = int64_t(idx) / n, j = int64_t(idx) % n;
+          double sum = 0;
+          for (int64_t p = 0; p < k; ++p) {
+            const double t = double(anvil::to_float(half->a[size_t(i * k + p)])) * double(anvil::to_float(half->b[size_t(p * n + j)]));
+            sum += t;
+            *bound += std::abs(t);
+          }
+          *bound *= 40;  // 1e-4 * 40 = 4e-3 ~ bf16 half-ulp relative to the magnitude sum
+          return sum;
+        }, &why);
+        if (!ok) return state.SkipWithError(("wrong result: " + why).c_str());
+        for (auto _ : state) benchmark::DoNotOptimize(anvil::gemm(args()));
+        set_flops(state, flops);
+      })->Unit(benchmark::kMillisecond)->UseRealTime();
+    }
     benchmark::RegisterBenchmark(("gemm/" + shape + "/anvil-f32").c_str(), [=](benchmark::State& state) {
+      anvil::ScopedOverrides force({"", f32_kernel});
       for (auto _ : state) benchmark::DoNotOptimize(anvil::gemm(f32->args()));
       set_flops(state, flops);
     })->Unit(benchmark::kMillisecond)->UseRealTime();

@@ -17,6 +17,12 @@ template <class Args> struct KernelRecord {
   int priority;              // higher is tried first
   Status (*can_implement)(const Args&);  // Ok, or why this kernel cannot run the call
   Status (*run)(const Args&);            // called only after validation and can_implement
+  // Measured priority per shape class, when the kernel is faster for some calls than for
+  // others relative to its rivals (e.g. oneDNN's matmul vs anvil's decode path); null:
+  // `priority` for every call.
+  int (*priority_for)(const Args&) = nullptr;
+
+  int priority_of(const Args& args) const { return priority_for ? priority_for(args) : priority; }
 };
 
 struct BackendRecord {

@@ -4,8 +4,10 @@
 #include "dispatch/registry.h"
 
 #include <algorithm>
+#include <array>
 #include <cstdio>
 #include <cstdlib>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <set>
@@ -64,6 +66,8 @@ template <> struct OpTraits<AttentionBackwardArgs> {
 };
 
 // ------------------------------------------------------------------ tables
+constexpr size_t kMaxRecordsPerDtype = 32;  // per op; checked when the tables are built
+
 struct Registry {
   KernelTables tables;
   // Availability of each backend, probed once on first need (probing may start a runtime).
@@ -87,6 +91,13 @@ struct Registry {
   template <class Record> static void sort_by_priority(std::vector<Record>& records) {
     std::stable_sort(records.begin(), records.end(),
                      [](const Record& x, const Record& y) { return x.priority > y.priority; });
+    // Selection ranks the records of one dtype in a fixed-size buffer (Ranked, below).
+    std::map<DType, size_t> per_dtype;
+    for (const Record& r : records)
+      if (++per_dtype[r.dtype] > kMaxRecordsPerDtype) {
+        std::fprintf(stderr, "anvil: more than %zu kernels registered for %s\n", kMaxRecordsPerDtype, r.name.c_str());
+        std::abort();
+      }
   }
 
   // Index of the backend named `name`, or -1.
@@ -229,6 +240,31 @@ Status effective_overrides(std::shared_ptr<const ParsedOverrides>* out) {
 template <class Args> struct Candidate {
   const KernelRecord<Args>* record;
   Status verdict;  // Ok = acceptable
+  int priority;    // for this call (a record may measure its own per shape class)
+};
+
+// The records of a table for one dtype, by their priority for this call (stable: equal
+// priorities keep table order). Held inline: tables have a few records per dtype.
+template <class Args> class Ranked {
+ public:
+  Ranked(const std::vector<KernelRecord<Args>>& table, DType dtype, const Args& args) {
+    for (const auto& r : table) {
+      if (r.dtype != dtype) continue;
+      items_[size_++] = {r.priority_of(args), &r};
+    }
+    std::stable_sort(items_.begin(), items_.begin() + size_,
+                     [](const Item& x, const Item& y) { return x.priority > y.priority; });
+  }
+  struct Item {
+    int priority;
+    const KernelRecord<Args>* record;
+  };
+  const Item* begin() const { return items_.data(); }
+  const Item* end() const { return items_.data() + size_; }
+
+ private:
+  std::array<Item, kMaxRecordsPerDtype> items_{};
+  size_t size_ = 0;
 };
 
 template <class Args> Status judge(const KernelRecord<Args>& r, const Args& args, DType dtype, Device device) {
@@ -292,11 +328,11 @@ template <class Args> Selection<Args> select(const Args& args, bool exhaustive) 
     hooked = bool(autotune_hook<Args>());
   }
   const bool stop_at_first = !exhaustive && !hooked && forced_kernel.empty();
-  for (const auto& r : table) {
-    if (r.dtype != dtype) continue;
+  for (const auto& [priority, record] : Ranked<Args>(table, dtype, args)) {
+    const KernelRecord<Args>& r = *record;
     if (!ov.backend.empty() && forced_kernel.empty() && r.backend != ov.backend && !exhaustive) continue;
     if (!forced_kernel.empty() && r.name != forced_kernel && !exhaustive) continue;  // only the forced one matters
-    Candidate<Args> c{&r, judge(r, args, dtype, device)};
+    Candidate<Args> c{&r, judge(r, args, dtype, device), priority};
     if (c.verdict.ok() && !forced_kernel.empty() && r.name != forced_kernel)
       c.verdict = unsupported("not the forced kernel " + forced_kernel);
     else if (c.verdict.ok() && forced_kernel.empty() && !ov.backend.empty() && r.backend != ov.backend)
@@ -403,7 +439,8 @@ template <class Args> std::string explain_op(const Args& args) {
   for (const auto& c : sel.candidates) {
     const char* mark = c.record == sel.chosen ? "taken   " : c.verdict.ok() ? "passed  " : "refused ";
     out << "  " << mark << c.record->name << std::string(width - c.record->name.size(), ' ')
-        << "  [" << c.record->backend << ", priority " << c.record->priority << "]";
+        << "  [" << c.record->backend << ", priority " << c.priority
+        << (c.record->priority_for ? " for this shape" : "") << "]";
     if (c.record == sel.chosen) out << "\n";
     else if (c.verdict.ok()) out << ": acceptable, but an earlier candidate was taken\n";
     else out << ": " << c.verdict.message() << "\n";

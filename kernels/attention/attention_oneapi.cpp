@@ -302,12 +302,16 @@ Status backward_run(const AttentionBackwardArgs& args) {
 
 }  // namespace
 
-void add_attention_kernels(dispatch::KernelTables& tables, int priority) {
+// Priority 40, below the cpu backend's flash attention (100) and above the reference (0):
+// materialising the scores costs memory traffic and skips no causal blocks, so it ran
+// 1.0-3.2x slower than anvil's cpu kernel on every bench shape (README "oneapi").
+void add_attention_kernels(dispatch::KernelTables& tables) {
+  constexpr int kPriority = 40;
   for (DType dtype : {DType::f32, DType::bf16, DType::f16}) {
     tables.add(dispatch::KernelRecord<AttentionArgs>{dispatch::kernel_name(Op::attention, dtype, "oneapi", "composed"),
-                                                     "oneapi", dtype, priority, &can_implement, &forward_run});
+                                                     "oneapi", dtype, kPriority, &can_implement, &forward_run});
     tables.add(dispatch::KernelRecord<AttentionBackwardArgs>{
-        dispatch::kernel_name(Op::attention_backward, dtype, "oneapi", "composed"), "oneapi", dtype, priority,
+        dispatch::kernel_name(Op::attention_backward, dtype, "oneapi", "composed"), "oneapi", dtype, kPriority,
         &can_implement_backward, &backward_run});
   }
 }

@@ -197,6 +197,26 @@ void fill_zero_from(const Operand& dst, size_t dim, char* base) {
 }
 }  // namespace
 
+namespace {
+char* gather_from(const Operand& src, size_t dim, const char* base, char* out) {
+  const size_t elem = dtype_size(src.dtype);
+  for (int64_t i = 0; i < src.dims[dim]; ++i) {
+    const char* p = i == 0 ? base : base + i * src.strides[dim] * int64_t(elem);
+    if (dim + 1 < src.dims.size()) {
+      out = gather_from(src, dim + 1, p, out);
+    } else {
+      std::memcpy(out, p, elem);
+      out += elem;
+    }
+  }
+  return out;
+}
+}  // namespace
+
+void gather_dense(const Operand& src, void* dst) {
+  if (src.numel() > 0) gather_from(src, 0, static_cast<const char*>(src.data), static_cast<char*>(dst));
+}
+
 Status fill_zero(const Operand& dst) {
   if (dst.numel() > 0) fill_zero_from(dst, 0, static_cast<char*>(dst.data));
   return Status::Ok();

@@ -41,4 +41,8 @@ Status softmax_backward(const Operand& dst, const Operand& diff_dst, const Opera
 // Writes zeros to every element of dst (host loop; for gradients of empty products).
 Status fill_zero(const Operand& dst);
 
+// Copies src into dense row-major memory at dst (host loop; any strides, 0 included, which
+// oneDNN's primitives do not take).
+void gather_dense(const Operand& src, void* dst);
+
 }  // namespace anvil::oneapi

@@ -250,12 +250,16 @@ Status backward_run(const Conv2dBackwardArgs& args) {
 
 }  // namespace
 
-void add_conv2d_kernels(dispatch::KernelTables& tables, int priority) {
+// Priority 120, above the cpu backend (100): measured with anvil-bench on a 2-core Sapphire
+// Rapids VM (README "oneapi"), oneDNN's convolutions run the ResNet-50 layers
+// faster than anvil's implicit GEMM in f32 (1.5-5x), and a 3x3 layer 6x faster in bf16 (AMX).
+void add_conv2d_kernels(dispatch::KernelTables& tables) {
+  constexpr int kPriority = 120;
   for (DType dtype : {DType::f32, DType::bf16, DType::f16}) {
     tables.add(dispatch::KernelRecord<Conv2dArgs>{dispatch::kernel_name(Op::conv2d, dtype, "oneapi", "conv"), "oneapi",
-                                                  dtype, priority, &can_implement, &forward_run});
+                                                  dtype, kPriority, &can_implement, &forward_run});
     tables.add(dispatch::KernelRecord<Conv2dBackwardArgs>{
-        dispatch::kernel_name(Op::conv2d_backward, dtype, "oneapi", "conv"), "oneapi", dtype, priority,
+        dispatch::kernel_name(Op::conv2d_backward, dtype, "oneapi", "conv"), "oneapi", dtype, kPriority,
         &can_implement_backward, &backward_run});
   }
 }

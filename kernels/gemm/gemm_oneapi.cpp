@@ -14,14 +14,15 @@ namespace {
 
 using oneapi::Operand;
 
-// (batch, rows, cols) operand of a 2-D or 3-D matrix view; batch 1 (broadcast in oneDNN's
-// matmul) when the view has no batch dim, a batch of 1 or a batch stride of 0.
-Operand matrix3(const TensorRef& t, bool transposed = false) {
+// (batch, rows, cols) operand of a 2-D or 3-D matrix view. An input's batch of 1 or batch
+// stride of 0 becomes batch 1, which oneDNN's matmul broadcasts; an output-shaped operand
+// (grad_c) keeps its batch.
+Operand matrix3(const TensorRef& t, bool transposed = false, bool broadcast_batch = true) {
   Operand op = oneapi::operand_of(t);
   if (t.rank == 2) {
     op.dims.push_front(1);
     op.strides.push_front(0);
-  } else if (op.strides[0] == 0) {
+  } else if (op.strides[0] == 0 && broadcast_batch) {
     op.dims[0] = 1;
   }
   if (transposed) {
@@ -31,15 +32,40 @@ Operand matrix3(const TensorRef& t, bool transposed = false) {
   return op;
 }
 
+// The operand itself when oneDNN's matmul takes it in place (unit stride along a matrix
+// dim, no zero stride on a dim > 1), else a dense copy. Copying the other layouts is also
+// what makes a strided view give bit-for-bit the result of its contiguous copy: oneDNN
+// picks a different implementation (another summation order) for them.
+Operand matmul_ready(const Operand& op, oneapi::Workspace& ws) {
+  const auto unit = [&](size_t d) { return op.dims[d] <= 1 || op.strides[d] == 1; };
+  bool ready = unit(1) || unit(2);
+  for (size_t d = 0; d < op.dims.size(); ++d) ready = ready && (op.dims[d] <= 1 || op.strides[d] != 0);
+  if (ready) return op;
+  const Operand copy = oneapi::dense(op.dtype, op.dims, ws.get(size_t(op.numel()) * dtype_size(op.dtype)));
+  oneapi::gather_dense(op, copy.data);
+  return copy;
+}
+
 Status can_implement(const GemmArgs&) { return oneapi::available(); }
 Status can_implement_backward(const GemmBackwardArgs&) { return oneapi::available(); }
 
-Status gemm_run(const GemmArgs& args) {
+Status forward(const GemmArgs& args) {
   const auto s = gemm_desc::shape_of(args);
   if (s.batch == 0 || s.m == 0 || s.n == 0) return Status::Ok();
   oneapi::MatmulEpilogue epilogue{args.alpha, args.beta, std::nullopt};
-  if (args.bias) epilogue.bias = Operand{args.bias->dtype, {1, 1, s.n}, {0, 0, args.bias->strides[0]}, args.bias->ptr()};
-  const Operand a = matrix3(args.a), b = matrix3(args.b), c = matrix3(args.c);
+  oneapi::Workspace ws;
+  if (args.bias) {
+    // A 16-bit bias is widened to f32 first: oneDNN 3.2 has only its reference matmul for an
+    // f16 bias on CPUs, and adds the bias in f32 anyway.
+    const Operand bias{args.bias->dtype, {1, 1, s.n}, {0, 0, args.bias->strides[0]}, args.bias->ptr()};
+    if (bias.dtype == DType::f32) {
+      epilogue.bias = bias;
+    } else {
+      epilogue.bias = oneapi::dense(DType::f32, {1, 1, s.n}, ws.get<float>(s.n));
+      ANVIL_RETURN_IF_ERROR(oneapi::reorder(bias, *epilogue.bias));
+    }
+  }
+  const Operand a = matmul_ready(matrix3(args.a), ws), b = matmul_ready(matrix3(args.b), ws), c = matrix3(args.c);
   if (s.k > 0 && (a.dims[0] > 1 || b.dims[0] > 1 || c.dims[0] == 1)) return oneapi::matmul(a, b, c, epilogue);
   if (s.k > 0) {  // a and b both broadcast over c's batch: oneDNN wants a batch on one of them
     for (int64_t e = 0; e < c.dims[0]; ++e) {
@@ -69,17 +95,18 @@ Status product_into(const Operand& src, const Operand& weights, const Operand& d
 
 Status backward(const GemmBackwardArgs& args) {
   const auto s = gemm_desc::shape_of(args);
-  const Operand grad_c = matrix3(args.grad_c);
+  oneapi::Workspace ws;
+  const Operand grad_c = matmul_ready(matrix3(args.grad_c, false, false), ws);
   const bool empty = s.batch == 0 || s.m == 0 || s.n == 0;
   if (args.grad_a && args.grad_a->numel() > 0) {  // grad_a = alpha * grad_c @ b^T
     const Operand grad_a = matrix3(*args.grad_a);
     if (empty) ANVIL_RETURN_IF_ERROR(oneapi::fill_zero(grad_a));
-    else ANVIL_RETURN_IF_ERROR(product_into(grad_c, matrix3(args.b, true), grad_a, s.batch, args.alpha));
+    else ANVIL_RETURN_IF_ERROR(product_into(grad_c, matmul_ready(matrix3(args.b, true), ws), grad_a, s.batch, args.alpha));
   }
   if (args.grad_b && args.grad_b->numel() > 0) {  // grad_b = alpha * a^T @ grad_c
     const Operand grad_b = matrix3(*args.grad_b);
     if (s.batch == 0 || s.m == 0) ANVIL_RETURN_IF_ERROR(oneapi::fill_zero(grad_b));
-    else ANVIL_RETURN_IF_ERROR(product_into(matrix3(args.a, true), grad_c, grad_b, s.batch, args.alpha));
+    else ANVIL_RETURN_IF_ERROR(product_into(matmul_ready(matrix3(args.a, true), ws), grad_c, grad_b, s.batch, args.alpha));
   }
   if (args.grad_bias && s.n > 0) {  // grad_bias = sum of grad_c over batch and rows
     const Operand grad_bias{args.grad_bias->dtype, {1, 1, s.n}, {0, 0, args.grad_bias->strides[0]},
@@ -91,18 +118,30 @@ Status backward(const GemmBackwardArgs& args) {
 }
 
 // Workspaces may fail to allocate: that is a Status, not an exception.
+Status gemm_run(const GemmArgs& args) {
+  return oneapi::guarded("gemm", [&] { return forward(args); });
+}
 Status gemm_backward_run(const GemmBackwardArgs& args) {
   return oneapi::guarded("gemm backward", [&] { return backward(args); });
 }
 
 }  // namespace
 
-void add_gemm_kernels(dispatch::KernelTables& tables, int priority) {
+// Priorities measured against the cpu backend (100, bf16 110) with anvil-bench on a
+// 2-core Sapphire Rapids (AMX) VM, README "oneapi": oneDNN's brgemm matmul is faster for
+// f32 from M = 16 up (1.1-1.7x, squares 64..2048, 16x4096x4096, 512x4096x4096), for bf16
+// by 3-6x (AMX) and for f16 by 1.8-6x, but anvil's streamed decode path wins at M <= 4
+// (1x4096x4096: 3.2 vs 3.7 ms).
+static int forward_priority(const GemmArgs& args) { return gemm_desc::shape_of(args).m <= 4 ? 95 : 120; }
+
+void add_gemm_kernels(dispatch::KernelTables& tables) {
   for (DType dtype : {DType::f32, DType::bf16, DType::f16}) {
-    tables.add(dispatch::KernelRecord<GemmArgs>{dispatch::kernel_name(Op::gemm, dtype, "oneapi", "matmul"), "oneapi",
-                                                dtype, priority, &can_implement, &gemm_run});
+    dispatch::KernelRecord<GemmArgs> forward_record{dispatch::kernel_name(Op::gemm, dtype, "oneapi", "matmul"),
+                                                    "oneapi", dtype, 120, &can_implement, &gemm_run};
+    if (dtype == DType::f32) forward_record.priority_for = &forward_priority;
+    tables.add(forward_record);
     tables.add(dispatch::KernelRecord<GemmBackwardArgs>{dispatch::kernel_name(Op::gemm_backward, dtype, "oneapi", "matmul"),
-                                                        "oneapi", dtype, priority, &can_implement_backward,
+                                                        "oneapi", dtype, 120, &can_implement_backward,
                                                         &gemm_backward_run});
   }
 }

@@ -216,12 +216,33 @@ namespace {
 
 // Run by ctest with ANVIL_CPU_ISA=avx2: the AVX-512 kernels must refuse (with the reason)
 // and the AVX2 kernel must be chosen, as on a CPU without AVX-512.
+// A record may rank itself per shape class (measured priorities): with both the cpu and
+// oneapi backends, decode-shaped GEMM goes to anvil's streamed cpu path and larger M to
+// oneDNN, and explain says the priority was chosen for the shape.
+TEST(Registry, PrioritiesPerShapeClass) {
+  const auto infos = backends();
+  const auto usable = [&](const char* name) {
+    return std::any_of(infos.begin(), infos.end(), [&](const BackendInfo& b) { return b.name == name && b.available; });
+  };
+  if (!usable("cpu") || !usable("oneapi")) GTEST_SKIP() << "needs the cpu and oneapi backends";
+  for (const auto& [m, expected] : {std::pair<int64_t, std::string>{1, "gemm.f32.cpu."}, {64, "gemm.f32.oneapi.matmul"}}) {
+    std::vector<float> a(size_t(m * 32), 1.0f), b(32 * 32, 1.0f), c(size_t(m * 32), NAN);
+    const GemmArgs args = gemm_args_row_major(DType::f32, Transpose::no, Transpose::no, m, 32, 32, 1.0, a.data(), 32,
+                                              b.data(), 32, 0.0, c.data(), 32);
+    std::string kernel;
+    ASSERT_TRUE(select_kernel(args, &kernel).ok());
+    EXPECT_EQ(kernel.rfind(expected, 0), 0u) << "M=" << m << " chose " << kernel;
+    EXPECT_NE(explain(args).find("for this shape]"), std::string::npos) << explain(args);
+  }
+}
+
 TEST(CpuIsaCap, Avx2HostChoosesAvx2Kernels) {
   const char* cap = std::getenv("ANVIL_CPU_ISA");
   if (!cap || std::string(cap) != "avx2") GTEST_SKIP() << "run by ctest with ANVIL_CPU_ISA=avx2";
   const auto all = kernels();
   if (std::none_of(all.begin(), all.end(), [](const KernelInfo& k) { return k.backend == "cpu"; }))
     GTEST_SKIP() << "no cpu backend in this build";
+  ScopedOverrides cpu_only({"cpu", ""});  // other backends (oneapi) may rank above the cpu ones
   SmallGemm g;
   const std::string text = explain(g.args());
   EXPECT_NE(text.find("taken   gemm.f32.cpu.avx2"), std::string::npos) << text;
