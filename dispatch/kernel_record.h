@@ -30,6 +30,8 @@ struct BackendRecord {
   std::vector<DeviceType> device_types;  // where its kernels can read and write operands
   // Ok if the backend can run now (device present, runtime loaded); else why not.
   std::function<Status()> available;
+  // What it runs on when available ("oneDNN 3.2.0, CPU engine ..."), for backends(); may be empty.
+  std::function<std::string()> describe;
 };
 
 // Per-op tables, filled by the backends' registration functions.

@@ -499,7 +499,8 @@ std::vector<BackendInfo> backends() {
   auto& reg = dispatch::registry();
   for (size_t i = 0; i < reg.tables.backends().size(); ++i) {
     const Status& s = reg.available(int(i));
-    out.push_back({reg.tables.backends()[i].name, s.ok(), s.message()});
+    const dispatch::BackendRecord& b = reg.tables.backends()[i];
+    out.push_back({b.name, s.ok(), s.ok() && b.describe ? b.describe() : s.message()});
   }
   return out;
 }

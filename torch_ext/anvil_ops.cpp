@@ -165,7 +165,10 @@ at::Tensor gemm(const at::Tensor& a, const at::Tensor& b, const std::optional<at
   GemmArgs args;
   args.a = ab.ref;
   args.b = bb.ref;
-  args.c = ref(out.view({p.batch_numel, p.m, p.n}), "gemm", "out");
+  args.c = ref(out, "gemm", "out");  // contiguous: (batch, M, N) without making a view tensor
+  args.c.rank = 3;
+  args.c.shape = {p.batch_numel, p.m, p.n};
+  args.c.strides = {p.m * p.n, p.n, 1};
   if (bias) args.bias = ref(*bias, "gemm", "bias");
   use_torch_threads();
   check(anvil::gemm(args));
@@ -374,7 +377,8 @@ std::vector<std::string> list_kernels() {
 std::vector<std::string> list_backends() {
   std::vector<std::string> out;
   for (const BackendInfo& b : anvil::backends())
-    out.push_back(b.name + (b.available ? ": available" : ": unavailable: " + b.detail));
+    out.push_back(b.name + (b.available ? ": available" + (b.detail.empty() ? "" : " (" + b.detail + ")")
+                                        : ": unavailable: " + b.detail));
   return out;
 }
 

@@ -43,11 +43,18 @@ const dnnl::engine& engine() { return engine_state().engine; }
 
 std::string describe() {
   const dnnl_version_t* v = dnnl_version();
-  std::string s = "oneDNN " + std::to_string(v->major) + "." + std::to_string(v->minor) + "." +
-                  std::to_string(v->patch) + " (cpu runtime ";
-  s += v->cpu_runtime == DNNL_RUNTIME_OMP ? "OpenMP" : v->cpu_runtime == DNNL_RUNTIME_TBB ? "TBB" : "other";
-  s += v->gpu_runtime == DNNL_RUNTIME_NONE ? ", no GPU engine)" : ", with a GPU engine)";
-  return s;
+  std::string isa;
+  switch (dnnl::get_effective_cpu_isa()) {
+    case dnnl::cpu_isa::avx512_core_amx: isa = "avx512_core_amx"; break;
+    case dnnl::cpu_isa::avx512_core_fp16: isa = "avx512_core_fp16"; break;
+    case dnnl::cpu_isa::avx512_core_bf16: isa = "avx512_core_bf16"; break;
+    case dnnl::cpu_isa::avx512_core: isa = "avx512_core"; break;
+    case dnnl::cpu_isa::avx2: isa = "avx2"; break;
+    default: isa = "other ISA"; break;
+  }
+  return "oneDNN " + std::to_string(v->major) + "." + std::to_string(v->minor) + "." + std::to_string(v->patch) +
+         ", CPU engine (" + (v->cpu_runtime == DNNL_RUNTIME_OMP ? "OpenMP" : "other threading") + ", " + isa + "), " +
+         (v->gpu_runtime == DNNL_RUNTIME_NONE ? "no GPU engine" : "with a GPU engine");
 }
 
 dnnl::memory::data_type data_type(DType dtype) {

@@ -7,14 +7,14 @@
 #include <array>
 #include <cstdint>
 #include <cstring>
-#include <new>
-#include <stdexcept>
-#include <string_view>
-#include <type_traits>
 #include <list>
 #include <memory>
 #include <mutex>
+#include <new>
+#include <stdexcept>
 #include <string>
+#include <string_view>
+#include <type_traits>
 #include <unordered_map>
 #include <vector>
 
@@ -28,7 +28,7 @@ namespace anvil::oneapi {
 // Ok when oneDNN's CPU engine could be created; otherwise why not.
 Status available();
 const dnnl::engine& engine();
-// "oneDNN 3.2.0 (cpu runtime OMP, isa avx512_core_amx)" for explain and the README.
+// "oneDNN 3.2.0, CPU engine (OpenMP, avx512_core_amx), no GPU engine", for backends().
 std::string describe();
 
 // oneDNN's data type for an anvil dtype; data_type::undef for f64 and boolean, which the

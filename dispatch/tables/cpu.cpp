@@ -19,7 +19,8 @@ void register_cpu(KernelTables& tables) {
                         const cpu::CpuInfo& info = cpu::cpu_info();
                         if (!info.avx2 && !info.avx512) return unsupported("needs AVX2 or AVX-512 (" + info.describe() + ")");
                         return Status::Ok();
-                      }});
+                      },
+                      [] { return cpu::cpu_info().describe(); }});
   cpu_gemm::add_gemm_kernels(tables);
   cpu_conv::add_conv2d_kernels(tables);
   cpu_attention::add_attention_kernels(tables);

@@ -18,7 +18,7 @@ void add_attention_kernels(dispatch::KernelTables& tables);
 namespace anvil::dispatch {
 
 void register_oneapi(KernelTables& tables) {
-  tables.add_backend({"oneapi", {DeviceType::host}, [] { return oneapi::available(); }});
+  tables.add_backend({"oneapi", {DeviceType::host}, [] { return oneapi::available(); }, [] { return oneapi::describe(); }});
   oneapi_gemm::add_gemm_kernels(tables);
   oneapi_conv::add_conv2d_kernels(tables);
   oneapi_attention::add_attention_kernels(tables);

@@ -1,8 +1,8 @@
 // Attention forward and backward composed of oneDNN primitives (CPU engine).
 //
-// oneDNN 3.2 (the PyPI CPU build anvil uses) has no fused SDPA for this engine outside
-// its experimental graph compiler, so a block of query rows at a time is computed with
-// materialised scores, in f32:
+// oneDNN 3.2 (the PyPI CPU build anvil uses) has no fused SDPA: its graph API returns
+// MatMul -> Multiply -> SoftMax -> MatMul as three partitions. So a block of query rows at
+// a time is computed with materialised scores, in f32:
 //   forward   S = scale * Q K^T  (matmul, alpha)      S += mask     (binary add)
 //             P = softmax(S)     (softmax, in place)  O = P V       (matmul)
 //   backward  P as above; dP = dO V^T; dS = P * (dP - rowsum(P * dP))  (softmax backward)

@@ -1,4 +1,4 @@
-"""Fake (meta) kernels and autograd formulas for torch.ops.anvil.*.
+"""Fake (meta) kernels for torch.ops.anvil.*.
 
 Fake kernels mirror the C++ impls' output shapes, dtypes and strides exactly, so that
 torch.compile and opcheck see the same tensors as eager.
@@ -76,60 +76,5 @@ def _attention_forward_fake(query, key, value, attn_mask=None, is_causal=False, 
 def _attention_backward_fake(grad_out, query, key, value, out, lse, attn_mask, is_causal, scale):
     return query.new_empty(query.shape), key.new_empty(key.shape), value.new_empty(value.shape)
 
-
-# ------------------------------------------------------------------ autograd
-
-
-def _gemm_setup(ctx, inputs, output):
-    a, b, bias = inputs
-    ctx.save_for_backward(a, b)
-    ctx.has_bias = bias is not None
-
-
-def _gemm_backward(ctx, grad):
-    a, b = ctx.saved_tensors
-    needs = ctx.needs_input_grad
-    mask = [needs[0], needs[1], ctx.has_bias and needs[2]]
-    ga, gb, gbias = torch.ops.anvil.gemm_backward(grad, a, b, mask)
-    return (ga if mask[0] else None, gb if mask[1] else None, gbias if mask[2] else None)
-
-
-torch.library.register_autograd("anvil::gemm", _gemm_backward, setup_context=_gemm_setup)
-
-
-def _conv2d_setup(ctx, inputs, output):
-    input, weight, bias, stride, padding, dilation, groups = inputs
-    ctx.save_for_backward(input, weight)
-    ctx.params = (stride, padding, dilation, groups)
-    ctx.has_bias = bias is not None
-
-
-def _conv2d_backward(ctx, grad):
-    input, weight = ctx.saved_tensors
-    needs = ctx.needs_input_grad
-    mask = [needs[0], needs[1], ctx.has_bias and needs[2]]
-    gi, gw, gb = torch.ops.anvil.conv2d_backward(grad, input, weight, *ctx.params, mask)
-    return (gi if mask[0] else None, gw if mask[1] else None, gb if mask[2] else None, None, None, None, None)
-
-
-torch.library.register_autograd("anvil::conv2d", _conv2d_backward, setup_context=_conv2d_setup)
-
-
-def _attention_setup(ctx, inputs, output):
-    query, key, value, attn_mask, is_causal, scale = inputs
-    out, lse = output
-    ctx.save_for_backward(query, key, value, out, lse, attn_mask)
-    ctx.is_causal, ctx.scale = is_causal, scale
-    ctx.mark_non_differentiable(lse)
-
-
-def _attention_backward(ctx, grad_out, grad_lse):
-    # lse is non-differentiable (marked above); the mask takes no gradient.
-    query, key, value, out, lse, attn_mask = ctx.saved_tensors
-    dq, dk, dv = torch.ops.anvil.attention_backward(
-        grad_out, query, key, value, out, lse, attn_mask, ctx.is_causal, ctx.scale
-    )
-    return dq, dk, dv, None, None, None
-
-
-torch.library.register_autograd("anvil::attention_forward", _attention_backward, setup_context=_attention_setup)
+# Autograd is registered in C++ (torch_ext/anvil_autograd.cpp): a Python autograd kernel
+# would cost more per call than a small GEMM.
