@@ -104,6 +104,20 @@ template <class Args> std::vector<std::string> kernels_to_time(const Args& args)
   return names;
 }
 
+// A reference library's row: make() sets the call up (untimed), its first result is
+// checked, then the call is timed.
+void register_library_row(const std::string& name, double flops, std::function<bool(std::string*)> check,
+                          std::function<std::function<void()>()> make) {
+  benchmark::RegisterBenchmark(name.c_str(), [=](benchmark::State& state) {
+    const std::function<void()> run = make();
+    run();
+    std::string why;
+    if (!check(&why)) return state.SkipWithError(("wrong result: " + why).c_str());
+    for (auto _ : state) run();
+    set_flops(state, flops);
+  })->Unit(benchmark::kMillisecond)->UseRealTime();
+}
+
 // ------------------------------------------------------------------ GEMM
 struct GemmData {
   int64_t m, n, k;
@@ -149,28 +163,19 @@ void register_gemm() {
         set_flops(state, flops);
       })->Unit(benchmark::kMillisecond)->UseRealTime();
     }
+    const auto check = [data](std::string* why) { return data->check(why); };
 #ifdef ANVIL_BENCH_ONEDNN
-    benchmark::RegisterBenchmark(("gemm/" + shape + "/onednn").c_str(), [=](benchmark::State& state) {
-      const auto run = anvil::bench::onednn_matmul(m, n, k, data->a.data(), data->b.data(), data->c.data());
-      run();
-      std::string why;
-      if (!data->check(&why)) return state.SkipWithError(("wrong result: " + why).c_str());
-      for (auto _ : state) run();
-      set_flops(state, flops);
-    })->Unit(benchmark::kMillisecond)->UseRealTime();
+    register_library_row("gemm/" + shape + "/onednn", flops, check, [=] {
+      return anvil::bench::onednn_matmul(m, n, k, data->a.data(), data->b.data(), data->c.data());
+    });
 #endif
 #ifdef ANVIL_BENCH_OPENBLAS
-    benchmark::RegisterBenchmark(("gemm/" + shape + "/openblas").c_str(), [=](benchmark::State& state) {
-      auto run = [&] {
+    register_library_row("gemm/" + shape + "/openblas", flops, check, [=]() -> std::function<void()> {
+      return [=] {
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(m), int(n), int(k), 1.0f, data->a.data(), int(k),
                     data->b.data(), int(n), 0.0f, data->c.data(), int(n));
       };
-      run();
-      std::string why;
-      if (!data->check(&why)) return state.SkipWithError(("wrong result: " + why).c_str());
-      for (auto _ : state) run();
-      set_flops(state, flops);
-    })->Unit(benchmark::kMillisecond)->UseRealTime();
+    });
 #endif
   }
 }
@@ -306,18 +311,11 @@ void register_conv2d() {
         })->Unit(benchmark::kMillisecond)->UseRealTime();
       }
 #ifdef ANVIL_BENCH_ONEDNN
-      for (bool prepacked : {false, true}) {
-        benchmark::RegisterBenchmark((prefix + (prepacked ? "onednn-prepacked" : "onednn")).c_str(),
-                                     [=](benchmark::State& state) {
-          const auto run = anvil::bench::onednn_conv_nhwc(n, c, h, w, k, r, s, stride, pad, d->in.data(), d->wt.data(),
-                                                          d->out.data(), prepacked);
-          run();
-          std::string why;
-          if (!check(&why)) return state.SkipWithError(("wrong result: " + why).c_str());
-          for (auto _ : state) run();
-          set_flops(state, flops);
-        })->Unit(benchmark::kMillisecond)->UseRealTime();
-      }
+      for (bool prepacked : {false, true})
+        register_library_row(prefix + (prepacked ? "onednn-prepacked" : "onednn"), flops, check, [=] {
+          return anvil::bench::onednn_conv_nhwc(n, c, h, w, k, r, s, stride, pad, d->in.data(), d->wt.data(),
+                                                d->out.data(), prepacked);
+        });
 #endif
     }
 }

@@ -82,6 +82,17 @@ memory::desc any_like(const Operand& op) {
   return memory::desc(op.dims.to_vector(), oneapi::data_type(op.dtype), memory::format_tag::any);
 }
 
+// make(image_in_desc, image_out_desc): a primitive descriptor for the caller's image
+// layouts when oneDNN implements them, else for the layouts it prefers (`any`).
+template <class Make> auto in_caller_layouts(const Operand& image_in, const Operand& image_out, const Make& make) {
+  try {
+    return make(image_in.desc(), image_out.desc());
+  } catch (const dnnl::error& e) {
+    if (e.status != dnnl_unimplemented) throw;
+    return make(any_like(image_in), any_like(image_out));
+  }
+}
+
 // Forward primitive descriptor, preferring the caller's image layouts.
 dnnl::convolution_forward::primitive_desc forward_pd(prop kind, const Operand& src, const Operand& weights,
                                                      const Operand* bias, const Operand& dst, const Geometry& g) {
@@ -91,12 +102,7 @@ dnnl::convolution_forward::primitive_desc forward_pd(prop kind, const Operand& s
                                                      any_like(weights), bias_desc, d, g.strides, g.dilates,
                                                      g.padding_l, g.padding_r);
   };
-  try {
-    return make(src.desc(), dst.desc());
-  } catch (const dnnl::error& e) {
-    if (e.status != dnnl_unimplemented) throw;
-    return make(any_like(src), any_like(dst));
-  }
+  return in_caller_layouts(src, dst, make);
 }
 
 // ------------------------------------------------------------------ forward
@@ -163,13 +169,7 @@ Status backward_data(const Operand& diff_dst, const Operand& weights, const Oper
                                                                ds, any_like(weights), dd, g.strides, g.dilates,
                                                                g.padding_l, g.padding_r, hint);
       };
-      dnnl::convolution_backward_data::primitive_desc pd;
-      try {
-        pd = make(diff_src.desc(), diff_dst.desc());
-      } catch (const dnnl::error& e) {
-        if (e.status != dnnl_unimplemented) throw;
-        pd = make(any_like(diff_src), any_like(diff_dst));
-      }
+      const auto pd = in_caller_layouts(diff_src, diff_dst, make);
       return BackwardDataPlan{dnnl::convolution_backward_data(pd), Staging(diff_dst, pd.diff_dst_desc(), true),
                               Staging(weights, pd.weights_desc(), true), Staging(diff_src, pd.diff_src_desc(), false)};
     });
@@ -197,13 +197,7 @@ Status backward_weights(const Operand& src, const Operand& diff_dst, const Opera
             oneapi::engine(), dnnl::algorithm::convolution_direct, s, any_like(weights_shape), bias_desc, dd,
             g.strides, g.dilates, g.padding_l, g.padding_r, hint);
       };
-      dnnl::convolution_backward_weights::primitive_desc pd;
-      try {
-        pd = make(src.desc(), diff_dst.desc());
-      } catch (const dnnl::error& e) {
-        if (e.status != dnnl_unimplemented) throw;
-        pd = make(any_like(src), any_like(diff_dst));
-      }
+      const auto pd = in_caller_layouts(src, diff_dst, make);
       return BackwardWeightsPlan{dnnl::convolution_backward_weights(pd), Staging(src, pd.src_desc(), true),
                                  Staging(diff_dst, pd.diff_dst_desc(), true),
                                  Staging(dw, pd.diff_weights_desc(), false)};
