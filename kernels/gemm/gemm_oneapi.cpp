@@ -129,9 +129,9 @@ Status gemm_backward_run(const GemmBackwardArgs& args) {
 
 // Priorities measured against the cpu backend (100, bf16 110) with anvil-bench on a
 // 2-core Sapphire Rapids (AMX) VM, README "oneapi": oneDNN's brgemm matmul is faster for
-// f32 from M = 16 up (1.1-1.7x, squares 64..2048, 16x4096x4096, 512x4096x4096), for bf16
-// by 3-6x (AMX) and for f16 by 1.8-6x, but anvil's streamed decode path wins at M <= 4
-// (1x4096x4096: 3.2 vs 3.7 ms).
+// f32 from M = 16 up (1.1-2.0x on squares 64..2048, 16x4096x4096, 512x4096x4096; not on
+// 64x11008x4096, 0.88x), for bf16 by 3-6x (AMX) and for f16 by 1.8-6x, but anvil's
+// streamed decode path wins at M <= 4 (1x4096x4096: 3.2 vs 3.7 ms).
 static int forward_priority(const GemmArgs& args) { return gemm_desc::shape_of(args).m <= 4 ? 95 : 120; }
 
 void add_gemm_kernels(dispatch::KernelTables& tables) {
