@@ -1,7 +1,8 @@
 // GEMM and its backward on oneDNN matmul primitives (CPU engine).
 //
-// Every operand is passed to oneDNN as the caller's strided view (transposes and padded
-// leading dims are strides), so no user tensor is copied. alpha is a weights scale and
+// Operands are passed to oneDNN as the caller's strided views (transposes and padded
+// leading dims are strides) whenever its matmul takes them in place; only views with no
+// unit stride or with zero strides are copied (matmul_ready). alpha is a weights scale and
 // beta a sum post-op, so bias is not scaled: c = alpha * a @ b + bias + beta * c.
 // A gradient of an operand broadcast over the batch is a matmul into an f32 workspace
 // per batch entry followed by a reduction primitive.
