@@ -164,7 +164,8 @@ class Workspace {
 
 // Runs a primitive on this thread's stream with anvil's CPU thread budget (one thread
 // inside an enclosing parallel region) and waits for it.
-void execute(const dnnl::primitive& primitive, const std::unordered_map<int, dnnl::memory>& args);
+// flops, when known (>= 0), lets a small call run on one thread.
+void execute(const dnnl::primitive& primitive, const std::unordered_map<int, dnnl::memory>& args, int64_t flops = -1);
 
 // The Status for a oneDNN error or an allocation failure while doing `what`.
 Status error_status(const char* what, const dnnl::error& e);

@@ -74,7 +74,7 @@ ThreadMemories& thread_memories(const std::shared_ptr<const PrimitiveEntry>& ent
 // Runs the primitive cached under key (made by make on a miss) on the bound operands.
 // what names the primitive in errors.
 template <class Make>
-Status run_cached(const char* what, const Key& key, Make make, const Bindings& bindings) {
+Status run_cached(const char* what, const Key& key, Make make, const Bindings& bindings, int64_t flops = -1) {
   static PrimitiveCache<PrimitiveEntry> cache;
   return guarded(what, [&] {
     const auto entry = cache.get(key, [&] {
@@ -84,7 +84,7 @@ Status run_cached(const char* what, const Key& key, Make make, const Bindings& b
     });
     ThreadMemories& memories = thread_memories(entry);
     for (const Binding& b : bindings) memories.bind(b.arg, b.operand->data);
-    execute(entry->primitive, memories.by_arg);
+    execute(entry->primitive, memories.by_arg, flops);
   });
 }
 
@@ -108,7 +108,7 @@ Status matmul(const Operand& src, const Operand& weights, const Operand& dst, co
     attr.set_post_ops(post);
     const memory::desc bias = epilogue.bias ? epilogue.bias->desc() : memory::desc();
     return dnnl::matmul(dnnl::matmul::primitive_desc(engine(), src.desc(), weights.desc(), bias, dst.desc(), attr));
-  }, bindings);
+  }, bindings, 2 * dst.numel() * src.dims[src.dims.size() - 1]);
 }
 
 Status reduce_sum(const Operand& src, const Operand& dst) {
