@@ -187,38 +187,31 @@ Status softmax_backward(const Operand& dst, const Operand& diff_dst, const Opera
 }
 
 namespace {
-void fill_zero_from(const Operand& dst, size_t dim, char* base) {
-  // i * stride stays within the validated span; a size-1 dim may carry any stride.
-  for (int64_t i = 0; i < dst.dims[dim]; ++i) {
-    char* p = i == 0 ? base : base + i * dst.strides[dim] * int64_t(dtype_size(dst.dtype));
-    if (dim + 1 < dst.dims.size()) fill_zero_from(dst, dim + 1, p);
-    else std::memset(p, 0, dtype_size(dst.dtype));  // +0.0 in f32, f16 and bf16
+// Calls visit(element address) for every element of op, in row-major order.
+// i * stride stays within the validated span; a size-1 dim may carry any stride.
+template <class Visit> void for_each_element(const Operand& op, size_t dim, char* base, const Visit& visit) {
+  for (int64_t i = 0; i < op.dims[dim]; ++i) {
+    char* p = i == 0 ? base : base + i * op.strides[dim] * int64_t(dtype_size(op.dtype));
+    if (dim + 1 < op.dims.size()) for_each_element(op, dim + 1, p, visit);
+    else visit(p);
   }
-}
-}  // namespace
-
-namespace {
-char* gather_from(const Operand& src, size_t dim, const char* base, char* out) {
-  const size_t elem = dtype_size(src.dtype);
-  for (int64_t i = 0; i < src.dims[dim]; ++i) {
-    const char* p = i == 0 ? base : base + i * src.strides[dim] * int64_t(elem);
-    if (dim + 1 < src.dims.size()) {
-      out = gather_from(src, dim + 1, p, out);
-    } else {
-      std::memcpy(out, p, elem);
-      out += elem;
-    }
-  }
-  return out;
 }
 }  // namespace
 
 void gather_dense(const Operand& src, void* dst) {
-  if (src.numel() > 0) gather_from(src, 0, static_cast<const char*>(src.data), static_cast<char*>(dst));
+  if (src.numel() == 0) return;
+  const size_t elem = dtype_size(src.dtype);
+  char* out = static_cast<char*>(dst);
+  for_each_element(src, 0, static_cast<char*>(src.data), [&](const char* p) {
+    std::memcpy(out, p, elem);
+    out += elem;
+  });
 }
 
 Status fill_zero(const Operand& dst) {
-  if (dst.numel() > 0) fill_zero_from(dst, 0, static_cast<char*>(dst.data));
+  const size_t elem = dtype_size(dst.dtype);
+  if (dst.numel() > 0)
+    for_each_element(dst, 0, static_cast<char*>(dst.data), [&](char* p) { std::memset(p, 0, elem); });  // +0.0
   return Status::Ok();
 }
 
