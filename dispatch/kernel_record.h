@@ -25,6 +25,18 @@ template <class Args> struct KernelRecord {
   int priority_of(const Args& args) const { return priority_for ? priority_for(args) : priority; }
 };
 
+// How anvil reaches the memory and streams of a device type it does not share with the
+// host (cuda, hip): for anvil's tests and benchmarks and for C++ users without a framework.
+struct DeviceMemory {
+  Status (*allocate)(int device, int64_t bytes, void** out);
+  Status (*release)(int device, void* data);
+  Status (*to_device)(int device, void* dst, const void* src, int64_t bytes);
+  Status (*to_host)(int device, void* dst, const void* src, int64_t bytes);
+  Status (*synchronize)(int device);
+  void (*set_stream)(void* stream);  // the calling thread's stream for this backend's ops
+  void* (*stream)();
+};
+
 struct BackendRecord {
   std::string name;
   std::vector<DeviceType> device_types;  // where its kernels can read and write operands
@@ -32,6 +44,8 @@ struct BackendRecord {
   std::function<Status()> available;
   // What it runs on when available ("oneDNN 3.2.0, CPU engine ..."), for backends(); may be empty.
   std::function<std::string()> describe;
+  // Set by backends whose device types are not host memory.
+  const DeviceMemory* memory = nullptr;
 };
 
 // Per-op tables, filled by the backends' registration functions.

@@ -500,7 +500,7 @@ std::vector<BackendInfo> backends() {
   for (size_t i = 0; i < reg.tables.backends().size(); ++i) {
     const Status& s = reg.available(int(i));
     const dispatch::BackendRecord& b = reg.tables.backends()[i];
-    out.push_back({b.name, s.ok(), s.ok() && b.describe ? b.describe() : s.message()});
+    out.push_back({b.name, s.ok(), s.ok() && b.describe ? b.describe() : s.message(), b.device_types});
   }
   return out;
 }

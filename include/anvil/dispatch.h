@@ -29,6 +29,7 @@ struct BackendInfo {
   std::string name;
   bool available;
   std::string detail;  // why not available, or the device it found
+  std::vector<DeviceType> device_types;  // memory its kernels read and write
 };
 std::vector<BackendInfo> backends();
 

@@ -197,33 +197,48 @@ TEST(EveryBackend, OffsetsBeyond2Pow31) {
   for (const BackendInfo& backend : backends()) {
     if (!backend.available) continue;
     SCOPED_TRACE("backend " + backend.name);
+    // Device backends read a device copy of the same 4 GiB.
+    Device device;
+    for (DeviceType t : backend.device_types)
+      if (t != DeviceType::host) device = {t, 0};
+    DeviceCopy big_copy(device, big.data(), int64_t(big.size() * sizeof(bfloat16)));
+    ASSERT_TRUE(big_copy.status().ok()) << big_copy.status().message();
+    bfloat16* big_data = static_cast<bfloat16*>(big_copy.data());
     ScopedOverrides force({backend.name, ""});
     ASSERT_TRUE(force.status().ok()) << force.status().message();
     std::vector<bfloat16> c(4, to_bfloat16(NAN));
-    GemmArgs args = gemm_args_row_major(DType::bf16, Transpose::no, Transpose::no, 2, 2, 8, 1.0, big.data(), 8,
-                                        big.data(), 2, 0.0, c.data(), 2);
+    DeviceCopy c_copy(device, c.data(), int64_t(c.size() * sizeof(bfloat16)));
+    ASSERT_TRUE(c_copy.status().ok()) << c_copy.status().message();
+    GemmArgs args = gemm_args_row_major(DType::bf16, Transpose::no, Transpose::no, 2, 2, 8, 1.0, big_data, 8,
+                                        big_data, 2, 0.0, c_copy.data(), 2);
+    for (TensorRef* t : {&args.a, &args.b, &args.c}) t->device = device;
     args.a.offset = base;
     args.b.offset = base + 16;
     ASSERT_TRUE(gemm(args).ok());
+    ASSERT_TRUE(c_copy.download().ok());
     EXPECT_EQ(to_float(c[0]), 10.0f);  // 3 + 7 ones
     EXPECT_EQ(to_float(c[3]), 8.0f);
 
     // conv2d and attention read the same far-away elements.
     std::vector<bfloat16> out(4, to_bfloat16(NAN));
-    Conv2dArgs conv{image_tensor(big.data(), DType::bf16, Layout::nchw, 1, 1, 2, 2),
-                    TensorRef::contiguous(big.data(), DType::bf16, {1, 1, 1, 1}),
-                    image_tensor(out.data(), DType::bf16, Layout::nchw, 1, 1, 2, 2)};
+    DeviceCopy out_copy(device, out.data(), int64_t(out.size() * sizeof(bfloat16)));
+    ASSERT_TRUE(out_copy.status().ok()) << out_copy.status().message();
+    Conv2dArgs conv{image_tensor(big_data, DType::bf16, Layout::nchw, 1, 1, 2, 2, device),
+                    TensorRef::contiguous(big_data, DType::bf16, {1, 1, 1, 1}, device),
+                    image_tensor(out_copy.data(), DType::bf16, Layout::nchw, 1, 1, 2, 2, device)};
     conv.input.offset = base;
     conv.weight.offset = base + 32;
     ASSERT_TRUE(conv2d(conv).ok());
+    ASSERT_TRUE(out_copy.download().ok());
     EXPECT_EQ(to_float(out[0]), 3.0f);
     EXPECT_EQ(to_float(out[1]), 1.0f);
-    AttentionArgs att{TensorRef::contiguous(big.data(), DType::bf16, {1, 1, 1, 4}),
-                      TensorRef::contiguous(big.data(), DType::bf16, {1, 1, 1, 4}),
-                      TensorRef::contiguous(big.data(), DType::bf16, {1, 1, 1, 4}),
-                      TensorRef::contiguous(out.data(), DType::bf16, {1, 1, 1, 4})};
+    AttentionArgs att{TensorRef::contiguous(big_data, DType::bf16, {1, 1, 1, 4}, device),
+                      TensorRef::contiguous(big_data, DType::bf16, {1, 1, 1, 4}, device),
+                      TensorRef::contiguous(big_data, DType::bf16, {1, 1, 1, 4}, device),
+                      TensorRef::contiguous(out_copy.data(), DType::bf16, {1, 1, 1, 4}, device)};
     att.q.offset = att.k.offset = att.v.offset = base + 40;
     ASSERT_TRUE(attention(att).ok());
+    ASSERT_TRUE(out_copy.download().ok());
     EXPECT_EQ(to_float(out[0]), 1.0f);
   }
 }

@@ -30,6 +30,9 @@ class Buffer {
   void set(int64_t i, double v);
   void fill(double v);
   bool guards_intact() const;
+  // The whole allocation, guards included (for device copies).
+  void* raw() { return bytes_.data(); }
+  int64_t raw_bytes() const { return int64_t(bytes_.size()); }
 
   static constexpr int64_t kGuardBytes = 64;
 
@@ -64,9 +67,35 @@ TensorSpec padded(std::string name, std::vector<int64_t> shape, int64_t pad, int
 
 enum class Values { small_ints, normal };
 
+// Host bytes mirrored on a device (the host bytes themselves for host devices): uploaded on
+// construction, downloaded by download(), freed on destruction.
+class DeviceCopy {
+ public:
+  DeviceCopy(Device device, void* host, int64_t bytes);
+  ~DeviceCopy();
+  DeviceCopy(const DeviceCopy&) = delete;
+  DeviceCopy& operator=(const DeviceCopy&) = delete;
+  const Status& status() const { return status_; }
+  void* data() const { return device_data_; }
+  Status download();
+
+ private:
+  Device device_;
+  void* host_;
+  int64_t bytes_;
+  void* device_data_ = nullptr;
+  Status status_;
+};
+
+// The memory a kernel's backend works on: host, or its backend's first device type.
+Device device_of_kernel(const std::string& kernel_name);
+// Ok if the kernel's backend can run here; else why not (the caller skips the test).
+Status kernel_available(const std::string& kernel_name);
+
 struct HarnessResult {
   double kernel_error = 0, naive_error = 0;  // max |x - oracle| over all outputs
   bool bit_exact = true, deterministic = true, guards_ok = true, untrusted = false;
+  bool skipped = false;  // the forced kernel declared this case outside what it implements
   std::string failure;  // first problem found, with a repro line
 };
 
