@@ -5,6 +5,7 @@
 #include <ATen/ExpandUtils.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <c10/core/impl/DeviceGuardImplInterface.h>
 #include <torch/library.h>
 
 #include "anvil/anvil.h"
@@ -12,9 +13,21 @@
 namespace anvil::torch_ext {
 namespace {
 
-// anvil's cpu backend uses torch's thread budget, and one thread inside torch's own
-// parallel regions (never oversubscribe).
-void use_torch_threads() { set_cpu_threads(at::in_parallel_region() ? 1 : at::get_num_threads()); }
+// Status -> Python exception (declared here, defined below).
+void check(const Status& status);
+
+// The runtime state torch owns for the call's device: on CUDA, torch's current stream of
+// the tensor's device (anvil enqueues there and never synchronises); on CPU, torch's thread
+// budget, and one thread inside torch's own parallel regions (never oversubscribe).
+void use_torch_runtime(const at::Tensor& lead) {
+  if (lead.is_cuda()) {
+    // Through c10's device-guard interface, so this file needs no CUDA headers.
+    const c10::Stream stream = c10::impl::getDeviceGuardImpl(c10::DeviceType::CUDA)->getStream(lead.device());
+    check(set_stream(DeviceType::cuda, stream.native_handle()));
+    return;
+  }
+  set_cpu_threads(at::in_parallel_region() ? 1 : at::get_num_threads());
+}
 
 // Status -> Python exception: invalid arguments raise ValueError, the rest RuntimeError.
 void check(const Status& status) {
@@ -170,7 +183,7 @@ at::Tensor gemm(const at::Tensor& a, const at::Tensor& b, const std::optional<at
   args.c.shape = {p.batch_numel, p.m, p.n};
   args.c.strides = {p.m * p.n, p.n, 1};
   if (bias) args.bias = ref(*bias, "gemm", "bias");
-  use_torch_threads();
+  use_torch_runtime(a);
   check(anvil::gemm(args));
   return out;
 }
@@ -215,7 +228,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gemm_backward(const at::Tensor& g
     gbias = at::empty({p.n}, a.options());
     args.grad_bias = ref(gbias, "gemm_backward", "grad_bias");
   }
-  use_torch_threads();
+  use_torch_runtime(a);
   check(anvil::gemm_backward(args));
   if (mask[0]) ga = to_operand_shape(ga, a, p);
   if (mask[1]) gb = to_operand_shape(gb, b, p);
@@ -265,7 +278,7 @@ at::Tensor conv2d(const at::Tensor& input, const at::Tensor& weight, const std::
   for (int64_t& d : shape) d = std::max<int64_t>(d, 0);
   at::Tensor out = at::empty(shape, input.options().memory_format(input.suggest_memory_format()));
   args.output = ref(out, "conv2d", "output");
-  use_torch_threads();
+  use_torch_runtime(input);
   check(anvil::conv2d(args));
   return out;
 }
@@ -294,7 +307,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward(
     gbias = at::empty({weight.size(0)}, weight.options());
     args.grad_bias = ref(gbias, "conv2d_backward", "grad_bias");
   }
-  use_torch_threads();
+  use_torch_runtime(input);
   check(anvil::conv2d_backward(args));
   return {gi, gw, gbias};
 }
@@ -328,7 +341,7 @@ std::tuple<at::Tensor, at::Tensor> attention_forward(const at::Tensor& q, const 
   args.lse = ref(lse, "attention", "lse");
   args.causal = is_causal;
   args.scale = scale;
-  use_torch_threads();
+  use_torch_runtime(q);
   check(anvil::attention(args));
   return {out, lse};
 }
@@ -362,7 +375,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward(
   args.grad_q = ref(dq, "attention_backward", "grad_q");
   args.grad_k = ref(dk, "attention_backward", "grad_k");
   args.grad_v = ref(dv, "attention_backward", "grad_v");
-  use_torch_threads();
+  use_torch_runtime(q);
   check(anvil::attention_backward(args));
   return {dq, dk, dv};
 }
@@ -460,6 +473,20 @@ TORCH_LIBRARY(anvil, m) {
 }
 
 TORCH_LIBRARY_IMPL(anvil, CPU, m) {
+  m.impl("gemm", &gemm);
+  m.impl("gemm_backward", &gemm_backward);
+  m.impl("conv2d", &conv2d);
+  m.impl("conv2d_backward", &conv2d_backward);
+  m.impl("attention_forward", &attention_forward);
+  m.impl("attention_backward", &attention_backward);
+  m.impl("_explain_gemm", &explain_gemm);
+  m.impl("_explain_conv2d", &explain_conv2d);
+  m.impl("_explain_attention", &explain_attention);
+}
+
+// The same impls serve CUDA tensors: TensorRefs carry the device, the registry picks the
+// cuda backend's kernels, and outputs are allocated by torch on the inputs' device.
+TORCH_LIBRARY_IMPL(anvil, CUDA, m) {
   m.impl("gemm", &gemm);
   m.impl("gemm_backward", &gemm_backward);
   m.impl("conv2d", &conv2d);
