@@ -32,6 +32,12 @@ for p in "${pip_packages[@]}"; do
   "$python3" -m pip show -q "$p" >/dev/null 2>&1 || pip_missing+=("$p")
 done
 "$python3" -m pip show -q "$onednn_package" >/dev/null 2>&1 || pip_missing+=("$onednn_package==$onednn_version")
+# The cuda backend's SASS check needs cuobjdump; CUDA toolkits without it (as here) get it
+# from PyPI. Any 13.x reads the cubins nvcc 13.0 writes; pinned to the one tested.
+nvcc_bin=$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)
+if [ -x "$nvcc_bin" ] && [ ! -x "$(dirname "$nvcc_bin")/cuobjdump" ]; then
+  "$python3" -m pip show -q nvidia-cuda-cuobjdump >/dev/null 2>&1 || pip_missing+=(nvidia-cuda-cuobjdump==13.5.37)
+fi
 if ((${#pip_missing[@]})); then
   echo "install-deps: pip install ${pip_missing[*]}"
   "$python3" -m pip install -q "${pip_missing[@]}"
