@@ -472,7 +472,9 @@ TORCH_LIBRARY(anvil, m) {
         "bool is_causal=False, float? scale=None) -> str");
 }
 
-TORCH_LIBRARY_IMPL(anvil, CPU, m) {
+// One set of impls for every device: TensorRefs carry the device, the registry picks the
+// backend that runs on it, and outputs are allocated by torch on the inputs' device.
+void add_device_impls(torch::Library& m) {
   m.impl("gemm", &gemm);
   m.impl("gemm_backward", &gemm_backward);
   m.impl("conv2d", &conv2d);
@@ -484,19 +486,8 @@ TORCH_LIBRARY_IMPL(anvil, CPU, m) {
   m.impl("_explain_attention", &explain_attention);
 }
 
-// The same impls serve CUDA tensors: TensorRefs carry the device, the registry picks the
-// cuda backend's kernels, and outputs are allocated by torch on the inputs' device.
-TORCH_LIBRARY_IMPL(anvil, CUDA, m) {
-  m.impl("gemm", &gemm);
-  m.impl("gemm_backward", &gemm_backward);
-  m.impl("conv2d", &conv2d);
-  m.impl("conv2d_backward", &conv2d_backward);
-  m.impl("attention_forward", &attention_forward);
-  m.impl("attention_backward", &attention_backward);
-  m.impl("_explain_gemm", &explain_gemm);
-  m.impl("_explain_conv2d", &explain_conv2d);
-  m.impl("_explain_attention", &explain_attention);
-}
+TORCH_LIBRARY_IMPL(anvil, CPU, m) { add_device_impls(m); }
+TORCH_LIBRARY_IMPL(anvil, CUDA, m) { add_device_impls(m); }
 
 TORCH_LIBRARY_IMPL(anvil, CompositeImplicitAutograd, m) { m.impl("attention", &attention); }
 
