@@ -32,6 +32,15 @@
 #ifdef ANVIL_BENCH_OPENBLAS
 #include <cblas.h>
 #endif
+#ifdef ANVIL_BENCH_OPENCL
+#include <unistd.h>
+
+#include "backends/opencl/opencl_runtime.h"
+#include "kernels/gemm/gemm_opencl.h"
+#endif
+#ifdef ANVIL_BENCH_CLBLAST
+#include "bench/clblast_reference.h"
+#endif
 #include <omp.h>
 
 namespace anvil::bench {
@@ -176,6 +185,19 @@ void register_gemm() {
                     data->b.data(), int(n), 0.0f, data->c.data(), int(n));
       };
     });
+#endif
+#ifdef ANVIL_BENCH_CLBLAST
+    // CLBlast on the opencl backend's device: its own parameters, and its tuner's (PERFORMANCE.md).
+    for (bool tuned : {false, true})
+      register_library_row("gemm/" + shape + (tuned ? "/clblast-tuned" : "/clblast"), flops, check,
+                           [=]() -> std::function<void()> {
+                             std::fill(data->c.begin(), data->c.end(), NAN);  // the check must see CLBlast's result
+                             std::string error;
+                             auto run = anvil::bench::clblast_sgemm(m, n, k, data->a.data(), data->b.data(),
+                                                                    data->c.data(), tuned, &error);
+                             if (!run) std::fprintf(stderr, "anvil-bench: clblast: %s\n", error.c_str());
+                             return run ? run : [] {};
+                           });
 #endif
   }
 }
@@ -358,6 +380,56 @@ void register_attention() {
   }
 }
 
+#ifdef ANVIL_BENCH_OPENCL
+// The opencl program cache: compiling gemm_opencl.cl from source (cold: a unique define
+// keeps the driver's own cache out of it) vs loading anvil's cached binary from disk.
+// compare.py reports the ratio compile / load.
+void register_opencl_program_cache() {
+  if (!anvil::opencl::available().ok()) return;
+  const std::string options =
+      anvil::opencl_gemm::build_options(anvil::opencl_gemm::config_for(0), anvil::DType::f32);
+  benchmark::RegisterBenchmark("opencl_program/gemm_opencl/compile-from-source", [=](benchmark::State& state) {
+    static int nonce = 0;
+    for (auto _ : state) {
+      cl_program program = nullptr;
+      const std::string cold =
+          options + " -DANVIL_COLD_BUILD=" + std::to_string(int64_t(::getpid()) * 1000000 + nonce++);
+      const anvil::Status s = anvil::opencl::build_program(0, "gemm_opencl", cold, &program, anvil::opencl::CacheUse::uncached);
+      if (!s.ok()) return state.SkipWithError(s.message().c_str());
+      clReleaseProgram(program);
+    }
+  })->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(1);
+  benchmark::RegisterBenchmark("opencl_program/gemm_opencl/anvil:disk-cache-load", [=](benchmark::State& state) {
+    cl_program program = nullptr;
+    if (!anvil::opencl::build_program(0, "gemm_opencl", options, &program).ok())  // makes sure the file exists
+      return state.SkipWithError("build failed");
+    for (auto _ : state) {
+      state.PauseTiming();
+      anvil::opencl::clear_memory_cache();
+      const int64_t hits = anvil::opencl::cache_stats().disk_hits;
+      state.ResumeTiming();
+      const anvil::Status s = anvil::opencl::build_program(0, "gemm_opencl", options, &program);
+      if (!s.ok()) return state.SkipWithError(s.message().c_str());
+      if (anvil::opencl::cache_stats().disk_hits != hits + 1) return state.SkipWithError("not a disk cache hit");
+    }
+  })->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(3);
+}
+
+// What this process's opencl program cache did, for the log (a second run of anvil-bench
+// loads every program from disk).
+void report_opencl_program_cache() {
+  if (!anvil::opencl::available().ok()) return;
+  const anvil::opencl::CacheStats s = anvil::opencl::cache_stats();
+  std::fprintf(stderr,
+               "anvil-bench: opencl program cache (%s): %lld programs loaded from disk (%.1f ms each), %lld compiled "
+               "from source (%.1f ms each), %lld cache files rejected\n",
+               anvil::opencl::cache_dir().empty() ? "disk cache off" : anvil::opencl::cache_dir().c_str(),
+               static_cast<long long>(s.disk_hits), s.disk_hits ? s.disk_load_ms / double(s.disk_hits) : 0.0,
+               static_cast<long long>(s.builds), s.builds ? s.build_ms / double(s.builds) : 0.0,
+               static_cast<long long>(s.disk_rejected));
+}
+#endif
+
 bool take_flag(const std::string& arg, const std::string& name, std::string* value) {
   const std::string prefix = "--" + name + "=";
   if (arg.rfind(prefix, 0) != 0) return false;
@@ -385,7 +457,13 @@ int main(int argc, char** argv) {
   if (wants("gemm")) register_gemm_bf16();
   if (wants("conv2d")) register_conv2d();
   if (wants("attention")) register_attention();
+#ifdef ANVIL_BENCH_OPENCL
+  if (wants("gemm")) register_opencl_program_cache();
+#endif
   benchmark::RunSpecifiedBenchmarks();
+#ifdef ANVIL_BENCH_OPENCL
+  report_opencl_program_cache();
+#endif
   benchmark::Shutdown();
   return 0;
 }

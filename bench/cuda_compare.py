@@ -126,7 +126,7 @@ def attention_rows(reps, quick):
     compare(f"attention bwd bf16 b{b}h{h}s{s}d{d} causal",
             lambda: torch.autograd.grad(anvil_out, (q, k, v), grad, retain_graph=True)[0],
             lambda: torch.autograd.grad(torch_out, (q, k, v), grad, retain_graph=True)[0], 2.5 * 4 * b * h * s * s * d / 2,
-            max(3, reps // 4), 5e-2, "attention_backward (cuda)")
+            max(3, reps // 4), 5e-2, f"attention_backward ({'hip' if torch.version.hip else 'cuda'})")
 
 
 def main():

@@ -5,7 +5,8 @@ set -euo pipefail
 
 apt_packages=(cmake ninja-build ccache g++ pkg-config clang libclang-rt-dev libomp-dev
               libgtest-dev libgmock-dev libbenchmark-dev libopenblas-dev
-              ocl-icd-opencl-dev opencl-headers pocl-opencl-icd)
+              ocl-icd-opencl-dev opencl-headers pocl-opencl-icd
+              hipcc libamdhip64-dev)  # the hip backend: HIP 5.2 / clang-15, compiles for gfx90a (no GPU needed)
 pip_packages=(torch numpy pytest scikit-build-core matplotlib expecttest)
 # oneDNN v3 for the oneapi backend: the PyPI CPU build with GNU OpenMP (the README says why
 # this one). Pinned: newer PyPI oneDNN wheels are SYCL builds that need Intel's runtimes.

@@ -16,14 +16,25 @@ namespace {
 // Status -> Python exception (declared here, defined below).
 void check(const Status& status);
 
-// The runtime state torch owns for the call's device: on CUDA, torch's current stream of
-// the tensor's device (anvil enqueues there and never synchronises); on CPU, torch's thread
-// budget, and one thread inside torch's own parallel regions (never oversubscribe).
+// torch's "cuda" tensors live on an AMD GPU when torch is a ROCm build (torch.version.hip:
+// DispatchKey CUDA, HIP underneath); CMake defines ANVIL_TORCH_HIP=1 then, and anvil's hip
+// backend takes them.
+#if defined(ANVIL_TORCH_HIP) && ANVIL_TORCH_HIP
+constexpr DeviceType kTorchGpu = DeviceType::hip;
+#else
+constexpr DeviceType kTorchGpu = DeviceType::cuda;
+#endif
+
+// The runtime state torch owns for the call's device: on CUDA (or ROCm), torch's current
+// stream of the tensor's device (anvil enqueues there and never synchronises); on CPU,
+// torch's thread budget, and one thread inside torch's own parallel regions (never
+// oversubscribe).
 void use_torch_runtime(const at::Tensor& lead) {
   if (lead.is_cuda()) {
-    // Through c10's device-guard interface, so this file needs no CUDA headers.
+    // Through c10's device-guard interface, so this file needs no CUDA or HIP headers (on
+    // ROCm the native handle is a hipStream_t).
     const c10::Stream stream = c10::impl::getDeviceGuardImpl(c10::DeviceType::CUDA)->getStream(lead.device());
-    check(set_stream(DeviceType::cuda, stream.native_handle()));
+    check(set_stream(kTorchGpu, stream.native_handle()));
     return;
   }
   set_cpu_threads(at::in_parallel_region() ? 1 : at::get_num_threads());
@@ -52,7 +63,7 @@ Device anvil_device_of(const at::Tensor& t) {
   const int index = t.device().has_index() ? t.device().index() : 0;
   switch (t.device().type()) {
     case at::kCPU: return {DeviceType::host, 0};
-    case at::kCUDA: return {DeviceType::cuda, index};
+    case at::kCUDA: return {kTorchGpu, index};
     case at::kXPU: return {DeviceType::xpu, index};
     default: TORCH_CHECK_VALUE(false, "anvil: tensors on device ", t.device(), " are not supported");
   }

@@ -8,9 +8,11 @@
 #include <vector>
 
 namespace anvil::cuda {
-namespace {
 
-thread_local cudaStream_t tls_stream = nullptr;
+constexpr const char* kRuntimeName = "cuda";
+#include "backends/gpu/gpu_runtime_impl.inc"
+
+namespace {
 
 // Properties of every device, read once: cudaGetDeviceProperties costs tens of µs.
 struct DeviceTable {
@@ -49,19 +51,6 @@ const DeviceTable& device_table() {
 
 }  // namespace
 
-Status check(cudaError_t error, const char* what) {
-  if (error == cudaSuccess) return Status::Ok();
-  const StatusCode code = error == cudaErrorMemoryAllocation ? StatusCode::out_of_memory : StatusCode::runtime_error;
-  return {code, std::string(what) + " failed: " + cudaGetErrorName(error) + " (" + cudaGetErrorString(error) + ")"};
-}
-
-Status check_launch(const char* kernel) {
-  // cudaGetLastError also clears a sticky-free launch error, so the next call starts clean.
-  const cudaError_t error = cudaGetLastError();
-  if (error == cudaSuccess) return Status::Ok();
-  return check(error, (std::string(kernel) + " launch").c_str());
-}
-
 Status available() { return device_table().status; }
 
 Status device_props(int device, const DeviceProps** props) {
@@ -90,79 +79,6 @@ std::string describe() {
   out += ", driver " + std::to_string(driver / 1000) + "." + std::to_string(driver % 1000 / 10) + ", runtime " +
          std::to_string(runtime / 1000) + "." + std::to_string(runtime % 1000 / 10);
   return out;
-}
-
-cudaStream_t current_stream() { return tls_stream; }
-void set_stream(cudaStream_t stream) { tls_stream = stream; }
-
-DeviceGuard::DeviceGuard(int device) {
-  status_ = check(cudaGetDevice(&previous_), "cudaGetDevice");
-  if (status_.ok() && previous_ != device) status_ = check(cudaSetDevice(device), "cudaSetDevice");
-  if (!status_.ok() || previous_ == device) previous_ = -1;
-}
-
-DeviceGuard::~DeviceGuard() {
-  if (previous_ >= 0) (void)cudaSetDevice(previous_);
-}
-
-Workspace::~Workspace() {
-  for (int i = 0; i < count_; ++i) (void)cudaFreeAsync(blocks_[i], stream_);
-}
-
-// The default memory pool gives freed blocks back to the driver at every synchronisation
-// unless told to keep them; then each call's workspace would be a fresh cudaMalloc-sized
-// cost (~0.1 ms measured per conv2d call on an H100). Keep them, once per device.
-static Status keep_pool_memory() {
-  int device = 0;
-  ANVIL_RETURN_IF_ERROR(check(cudaGetDevice(&device), "cudaGetDevice"));
-  static std::mutex mutex;
-  static std::vector<int> done;
-  std::lock_guard<std::mutex> lock(mutex);
-  for (int d : done)
-    if (d == device) return Status::Ok();
-  cudaMemPool_t pool;
-  ANVIL_RETURN_IF_ERROR(check(cudaDeviceGetDefaultMemPool(&pool, device), "cudaDeviceGetDefaultMemPool"));
-  uint64_t keep = UINT64_MAX;
-  ANVIL_RETURN_IF_ERROR(
-      check(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep), "cudaMemPoolSetAttribute"));
-  done.push_back(device);
-  return Status::Ok();
-}
-
-Status Workspace::allocate(int64_t bytes, void** out) {
-  *out = nullptr;
-  if (bytes <= 0) return Status::Ok();
-  ANVIL_RETURN_IF_ERROR(keep_pool_memory());
-  if (count_ == kMaxBlocks) return {StatusCode::runtime_error, "cuda workspace: more than 8 blocks in one call"};
-  ANVIL_RETURN_IF_ERROR(check(cudaMallocAsync(out, size_t(bytes), stream_), "cudaMallocAsync (workspace)"));
-  blocks_[count_++] = *out;
-  return Status::Ok();
-}
-
-Status malloc_device(int device, int64_t bytes, void** out) {
-  DeviceGuard guard(device);
-  ANVIL_RETURN_IF_ERROR(guard.status());
-  *out = nullptr;
-  if (bytes <= 0) return Status::Ok();
-  return check(cudaMalloc(out, size_t(bytes)), "cudaMalloc");
-}
-
-Status free_device(int device, void* p) {
-  if (!p) return Status::Ok();
-  DeviceGuard guard(device);
-  ANVIL_RETURN_IF_ERROR(guard.status());
-  return check(cudaFree(p), "cudaFree");
-}
-
-Status copy(void* dst, const void* src, int64_t bytes, cudaMemcpyKind kind) {
-  if (bytes <= 0) return Status::Ok();
-  return check(cudaMemcpy(dst, src, size_t(bytes), kind), "cudaMemcpy");
-}
-
-Status synchronize(int device) {
-  DeviceGuard guard(device);
-  ANVIL_RETURN_IF_ERROR(guard.status());
-  return check(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
 }
 
 }  // namespace anvil::cuda

@@ -1,6 +1,7 @@
 // The CUDA device as the cuda backend sees it: device properties read at run time, the
 // stream a call runs on (the caller's, e.g. torch's current stream), stream-ordered
 // workspaces, and CUDA errors turned into a Status that names the call. No op math here.
+// What is not CUDA-specific is shared with the hip backend (backends/gpu/).
 //
 // Nothing here synchronises the device: ops are enqueued on the caller's stream and are
 // safe to capture in a CUDA graph (workspaces come from cudaMallocAsync on that stream).
@@ -9,7 +10,7 @@
 #include <cstdint>
 #include <string>
 
-#include <cuda_runtime_api.h>
+#include "backends/gpu/gpu_api.h"
 
 #include "anvil/status.h"
 #include "anvil/tensor.h"
@@ -30,57 +31,15 @@ struct DeviceProps {
   int64_t l2_bytes = 0;
   std::string name;
   int compute_capability() const { return cc_major * 10 + cc_minor; }
+  // The names the code shared with the hip backend reads (kernels/*/*_gpu*).
+  int multiprocessors() const { return sm_count; }
+  int64_t max_shared_bytes() const { return smem_per_block_optin; }
 };
 // Properties of `device`; an error if it does not exist.
 Status device_props(int device, const DeviceProps** props);
 
-// Turns a CUDA error into a Status naming `what` ("cudaMemcpyAsync", "gemm_sm80 launch").
-Status check(cudaError_t error, const char* what);
-// After a <<<...>>> launch: the launch error, if any (does not synchronise).
-Status check_launch(const char* kernel);
-
-// The stream ops run on, per thread: the one set by set_stream (anvil::set_cuda_stream),
-// else the legacy default stream.
-cudaStream_t current_stream();
-void set_stream(cudaStream_t stream);
-
-// Makes `device` current for a scope and restores the previous one.
-class DeviceGuard {
- public:
-  explicit DeviceGuard(int device);
-  ~DeviceGuard();
-  DeviceGuard(const DeviceGuard&) = delete;
-  DeviceGuard& operator=(const DeviceGuard&) = delete;
-  const Status& status() const { return status_; }
-
- private:
-  int previous_ = -1;
-  Status status_;
-};
-
-// Scratch memory for one call, allocated and freed in stream order on `stream`
-// (cudaMallocAsync / cudaFreeAsync: no device-wide synchronisation, graph-capturable).
-class Workspace {
- public:
-  explicit Workspace(cudaStream_t stream) : stream_(stream) {}
-  ~Workspace();
-  Workspace(const Workspace&) = delete;
-  Workspace& operator=(const Workspace&) = delete;
-  // `bytes` of device memory, 256-byte aligned, valid until the workspace is destroyed.
-  Status allocate(int64_t bytes, void** out);
-
- private:
-  static constexpr int kMaxBlocks = 8;
-  cudaStream_t stream_;
-  void* blocks_[kMaxBlocks] = {};
-  int count_ = 0;
-};
-
-// Memory for anvil's own tests, benchmarks and C++ users without a framework
-// (anvil::device_malloc & co. route here for DeviceType::cuda).
-Status malloc_device(int device, int64_t bytes, void** out);
-Status free_device(int device, void* p);
-Status copy(void* dst, const void* src, int64_t bytes, cudaMemcpyKind kind);
-Status synchronize(int device);
+// check, check_launch, current_stream / set_stream, DeviceGuard, Workspace and the memory
+// calls are the same code on both GPU vendors: backends/gpu/gpu_runtime_decl.inc.
+#include "backends/gpu/gpu_runtime_decl.inc"
 
 }  // namespace anvil::cuda

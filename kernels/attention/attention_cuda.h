@@ -1,52 +1,16 @@
-// The cuda attention kernels' common problem: an AttentionArgs lowered to device pointers
-// and element strides, and the launchers (SIMT for any dtype/head_dim/mask; flash with
-// tensor cores for bf16/f16). Each launcher's `*_accepts` says why it cannot run a problem.
+// The cuda attention kernel on tensor cores (flash_sm80). The problem it takes
+// (gpu_attention::Problem), the SIMT kernels, the lowering and the records are shared with
+// the hip backend (attention_gpu.h, attention_gpu.inc, attention_gpu_simt.inc).
 #pragma once
 
-#include <cstdint>
-
-#include <cuda_runtime_api.h>
-
-#include "anvil/dtype.h"
 #include "anvil/status.h"
+#include "kernels/attention/attention_gpu.h"
 
 namespace anvil::cuda_attention {
 
-// A (batch, heads, length, dim) operand; strides in elements, the last one is `dim`'s.
-struct Operand {
-  void* data = nullptr;
-  int64_t batch_stride = 0, head_stride = 0, row_stride = 0, col_stride = 1;
-};
-
-// out = softmax(scale * q k^T [+ mask]) v per (batch, head); head h reads kv head
-// h / (heads / kv_heads). causal: query i attends keys j <= i (top-left, as torch).
-// Rows with no key attended give out = 0 and lse = -inf.
-struct Problem {
-  DType dtype = DType::f32;  // of q, k, v, out (and grad_* in the backward)
-  int64_t batch = 0, heads = 0, kv_heads = 0, lq = 0, lk = 0, head_dim = 0, value_dim = 0;
-  Operand q, k, v, out;
-  Operand lse;  // f32 (batch, heads, lq) with dim-less strides (col_stride unused); data may be null
-  // Optional mask broadcast to (batch, heads, lq, lk): strides may be 0. Boolean (uint8,
-  // non-zero = attend) when mask_is_bool, else additive of `dtype`.
-  Operand mask;
-  int64_t mask_key_stride = 0;  // stride along lk (the mask's last dim)
-  bool mask_is_bool = false;
-  bool causal = false;
-  float scale = 1.0f;
-  cudaStream_t stream = nullptr;
-  int device = 0;
-};
-
-// Gradients given grad_out and the forward's lse. grad_k / grad_v of a kv head sum over
-// its query heads.
-struct BackwardProblem {
-  Problem forward;  // q, k, v, out, lse (read), mask, causal, scale
-  Operand grad_out, grad_q, grad_k, grad_v;
-};
-
-Status simt_accepts(const Problem& p);
-Status run_simt_forward(const Problem& p);
-Status run_simt_backward(const BackwardProblem& p);
+using gpu_attention::BackwardProblem;
+using gpu_attention::Operand;
+using gpu_attention::Problem;
 
 // bf16/f16, head_dim == value_dim in {64, 128}, unit last stride, no user mask:
 // FlashAttention-2 on mma.sync (sm_80 and newer).

@@ -276,7 +276,12 @@ HarnessResult run_case(const std::string& kernel_name, DType dtype, const std::v
     for (size_t i = 0; i < refs.size(); ++i) {
       copies.push_back(std::make_unique<DeviceCopy>(device, inst.buffers[i].raw(), inst.buffers[i].raw_bytes()));
       ANVIL_RETURN_IF_ERROR(copies.back()->status());
-      refs[i].data = static_cast<char*>(copies.back()->data()) + Buffer::kGuardBytes;
+      if (device.type == DeviceType::opencl) {  // data is a cl_mem: the guard goes into the element offset
+        refs[i].data = copies.back()->data();
+        refs[i].offset += Buffer::kGuardBytes / dtype_size(refs[i].dtype);
+      } else {
+        refs[i].data = static_cast<char*>(copies.back()->data()) + Buffer::kGuardBytes;
+      }
       refs[i].device = device;
     }
     const Args args = build(refs);

@@ -1,7 +1,9 @@
 """torch.ops.anvil.* on CUDA tensors: the cuda backend against f64 references, the
 kernels the registry picks, gradients, opcheck, streams and CUDA graphs, bad input.
 
-Skipped where torch sees no GPU or anvil was built without its cuda backend.
+On a ROCm build of torch (torch.version.hip) the same tests run the hip backend: torch's
+"cuda" tensors are HIP device memory there. Skipped where torch sees no GPU or anvil was
+built without the backend.
 """
 import pytest
 import torch
@@ -10,8 +12,10 @@ import torch.nn.functional as F
 import anvil
 from test_ops import ATTN_CASES, CONV_CASES, GEMM_CASES, TOL, close, make_attention_inputs, repro
 
-CUDA_READY = torch.cuda.is_available() and any(b.startswith("cuda: available") for b in anvil.backends())
-pytestmark = pytest.mark.skipif(not CUDA_READY, reason="needs a CUDA GPU and anvil's cuda backend")
+GPU_BACKEND = "hip" if torch.version.hip else "cuda"
+CUDA_READY = torch.cuda.is_available() and any(b.startswith(f"{GPU_BACKEND}: available") for b in anvil.backends())
+pytestmark = pytest.mark.skipif(not CUDA_READY, reason=f"needs a GPU and anvil's {GPU_BACKEND} backend")
+MATRIX_CORE_GEMMS = ("sm90", "sm80", "mfma")  # the tensor-core / matrix-core GEMM variants
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 DEV = "cuda"
@@ -75,7 +79,7 @@ def test_gemm_tensor_core_shapes(dtype, case):
     close(out.cpu(), expected, dtype, repro("gemm", case, a=a, b=b, bias=bias, kernel=kernel))
     rows_16_bytes = all(max(t.stride(-1), t.stride(-2)) % 8 == 0 for t in (ad, bd))
     if dtype != torch.float32 and rows_16_bytes:
-        assert "sm90" in kernel or "sm80" in kernel, f"16-byte-aligned {dtype} gemm ran on {kernel}"
+        assert any(v in kernel for v in MATRIX_CORE_GEMMS), f"16-byte-aligned {dtype} gemm ran on {kernel}"
 
 
 def test_gemm_non_contiguous_equals_contiguous():
