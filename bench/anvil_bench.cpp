@@ -441,6 +441,12 @@ bool take_flag(const std::string& arg, const std::string& name, std::string* val
 
 int main(int argc, char** argv) {
   benchmark::Initialize(&argc, argv);
+#ifdef ANVIL_BENCH_OPENBLAS
+  // OpenBLAS 0.3.21 takes CPUs it does not know (Sapphire Rapids) for a Prescott and runs
+  // SSE3 kernels; the core in use goes into the output so that a ratio is read with it
+  // (ci/run-provider sets OPENBLAS_CORETYPE from the CPU's flags).
+  benchmark::AddCustomContext("openblas_core", openblas_get_corename());
+#endif
   for (int i = 1; i < argc; ++i) {
     std::string value;
     if (take_flag(argv[i], "shapes-dir", &value)) options.shapes_dir = value;

@@ -75,7 +75,8 @@ def main():
     peak = {k: v for k, v in flops.items() if k.startswith("peak/")}
     med = {k: v for k, v in med.items() if not k.startswith("peak/")}
     rows = ratio_rows(med)
-    print(f"machine: {ctx.get('host_name', '?')}, {ctx.get('num_cpus', '?')} CPUs @ {ctx.get('mhz_per_cpu', '?')} MHz")
+    print(f"machine: {ctx.get('host_name', '?')}, {ctx.get('num_cpus', '?')} CPUs @ {ctx.get('mhz_per_cpu', '?')} MHz"
+          + (f", OpenBLAS core {ctx['openblas_core']}" if "openblas_core" in ctx else ""))
     print(f"{'op':<10} {'shape':<22} {'anvil kernel':<30} {'reference':<10} {'anvil ms':>10} {'ref ms':>10} {'ratio':>7}")
     for op, shape, impl, ref, ta, tr, ratio in rows:
         print(f"{op:<10} {shape:<22} {impl[6:]:<30} {ref:<10} {ta:>10.3f} "
