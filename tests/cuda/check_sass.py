@@ -20,6 +20,7 @@ RULES = [
     ("sm_80 GEMM on mma.sync, as built for sm_90a", r"gemm_sm80_kernel", "sm_90a", "HMMA"),
     ("sm_80 flash attention forward on mma.sync", r"flash_forward_kernel", "sm_80", "HMMA"),
     ("sm_80 flash attention forward, as built for sm_90a", r"flash_forward_kernel", "sm_90a", "HMMA"),
+    ("sm_90a flash attention forward on wgmma", r"flash_sm90_kernel", "sm_90a", "HGMMA"),
 ]
 LOCAL_MEMORY = re.compile(r"\b(LDL|STL)(\.\S+)?\s")
 
