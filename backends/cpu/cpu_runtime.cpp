@@ -1,9 +1,15 @@
 #include "backends/cpu/cpu_runtime.h"
 
+#include <cpuid.h>
 #include <unistd.h>
+#if defined(__linux__)
+#include <sys/syscall.h>
+#endif
 
 #include <atomic>
+#include <cerrno>
 #include <cstdlib>
+#include <cstring>
 #include <vector>
 
 #include "anvil/runtime.h"
@@ -38,6 +44,36 @@ int64_t cache_size(int name, int64_t fallback) {
   return v > 0 ? int64_t(v) : fallback;
 }
 
+// amx_tile and amx_bf16 (CPUID.(7,0):EDX bits 24, 22) with the OS saving the tile state
+// (XCR0 bit 17 XTILECFG, bit 18 XTILEDATA).
+bool amx_bf16_present() {
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & (1u << 27))) return false;  // OSXSAVE: xgetbv is usable
+  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
+  if (!(d & (1u << 24)) || !(d & (1u << 22))) return false;
+  unsigned xcr0_lo = 0, xcr0_hi = 0;
+  __asm__ volatile("xgetbv" : "=a"(xcr0_lo), "=d"(xcr0_hi) : "c"(0));
+  constexpr unsigned kTileState = (1u << 17) | (1u << 18);
+  return (xcr0_lo & kTileState) == kTileState;
+}
+
+// Linux (5.16+) hands out the 8 KiB tile data state per process on request; without the
+// grant the first tile instruction faults. Empty when granted, else why not.
+std::string request_amx_permission() {
+#if defined(__linux__)
+  constexpr long kArchGetXcompPerm = 0x1022, kArchReqXcompPerm = 0x1023;
+  constexpr long kXfeatureXtiledata = 18;
+  if (syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) != 0)
+    return std::string("the OS refused the AMX tile state (arch_prctl ARCH_REQ_XCOMP_PERM: ") + std::strerror(errno) + ")";
+  unsigned long granted = 0;
+  if (syscall(SYS_arch_prctl, kArchGetXcompPerm, &granted) != 0 || !(granted & (1ul << kXfeatureXtiledata)))
+    return "the OS did not grant the AMX tile state (arch_prctl ARCH_GET_XCOMP_PERM)";
+  return "";
+#else
+  return "";  // elsewhere the XCR0 bits are the OS's consent
+#endif
+}
+
 CpuInfo detect() {
   CpuInfo info;
   __builtin_cpu_init();
@@ -45,6 +81,7 @@ CpuInfo detect() {
   info.avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                 __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
   info.avx512_bf16 = info.avx512 && __builtin_cpu_supports("avx512bf16");
+  info.amx_bf16 = info.avx512_bf16 && amx_bf16_present();  // the AMX kernel's epilogue is AVX-512
   info.l1d_bytes = cache_size(_SC_LEVEL1_DCACHE_SIZE, info.l1d_bytes);
   info.l2_bytes = cache_size(_SC_LEVEL2_CACHE_SIZE, info.l2_bytes);
   info.l3_bytes = cache_size(_SC_LEVEL3_CACHE_SIZE, info.l3_bytes);
@@ -53,6 +90,12 @@ CpuInfo detect() {
     if (cap == "avx2" || cap == "none") info.avx512 = info.avx512_bf16 = false;
     if (cap == "avx512") info.avx512_bf16 = false;
     if (cap == "none") info.avx2 = false;
+    if (cap != "amx") info.amx_bf16 = false;
+  }
+  // Asked once per process, and only when AMX is usable after the cap.
+  if (info.amx_bf16) {
+    info.amx_refused = request_amx_permission();
+    info.amx_permitted = info.amx_refused.empty();
   }
   return info;
 }
@@ -60,7 +103,8 @@ CpuInfo detect() {
 }  // namespace
 
 std::string CpuInfo::describe() const {
-  return std::string(avx512_bf16 ? "avx512+bf16" : avx512 ? "avx512" : avx2 ? "avx2" : "no avx2") + ", L1d " +
+  return std::string(avx512_bf16 ? "avx512+bf16" : avx512 ? "avx512" : avx2 ? "avx2" : "no avx2") +
+         (amx_permitted ? "+amx" : amx_bf16 ? " (amx refused by the OS)" : "") + ", L1d " +
          std::to_string(l1d_bytes / 1024) + " KiB, L2 " + std::to_string(l2_bytes / 1024) + " KiB, L3 " +
          std::to_string(l3_bytes / 1024) + " KiB";
 }

@@ -9,8 +9,11 @@
 // grid are split across threads; all threads share the packed blocks.
 // Small M (<= kUnpackedMaxM, LLM decode) with row-major f32 B skips packing B: the
 // micro-kernel streams B rows in place, since packing would double B's memory traffic.
-// 16-bit outputs accumulate in an f32 workspace and are rounded once at the end.
+// 16-bit outputs accumulate in an f32 workspace; each tile is rounded once into the output
+// right after its last k block, while its workspace lines are still in cache.
 #include "kernels/gemm/gemm_cpu.h"
+
+#include <emmintrin.h>  // SSE2, part of the x86-64 baseline
 
 #include <algorithm>
 #include <cstring>
@@ -28,6 +31,7 @@ namespace anvil::cpu_gemm {
 namespace {
 
 constexpr int64_t kUnpackedMaxM = 4;
+constexpr int64_t kInPlaceMaxSlivers = 8;  // B slivers per block up to which A is read in place (a_in_place)
 constexpr int64_t kSerialFlops = 2 * 96 * 96 * 96;  // below this, an OpenMP fork costs more than a 2nd core gives
 
 struct Blocking {
@@ -38,10 +42,12 @@ int64_t round_down(int64_t x, int64_t multiple) { return std::max(multiple, x / 
 
 Blocking blocking_for(const MicroKernel& k) {
   const cpu::CpuInfo& info = cpu::cpu_info();
-  const int64_t elem = k.bf16_pairs ? 2 : 4;
+  const int64_t elem = k.bf16 ? 2 : 4;
+  const int64_t k_multiple = std::max({int64_t(16), int64_t(k.a.k_multiple), int64_t(k.b.k_multiple)});
   Blocking b;
   // The B sliver (KC, NR) and the A sliver (MR, KC) share L1 (with room for C lines).
-  b.kc = std::clamp(round_down(info.l1d_bytes * 3 / 4 / ((k.nr + k.mr) * elem), 16), int64_t(64), int64_t(1024));
+  b.kc = std::clamp(round_down(info.l1d_bytes * 3 / 4 / ((k.nr + k.mr) * elem), k_multiple),
+                    std::max(int64_t(64), int64_t(k.kc_min)), int64_t(1024));
   // The A block (MC, KC) takes a quarter of L2; each thread's share of the B block the rest.
   b.mc = std::clamp(round_down(info.l2_bytes / 4 / (b.kc * elem), k.mr), int64_t(k.mr), int64_t(k.mr) * 64);
   b.nc = std::clamp(round_down(std::min<int64_t>(info.l3_bytes, 16 << 20) / 4 / (b.kc * elem), k.nr),
@@ -82,47 +88,89 @@ void read_column(const Matrix& x, int64_t row0, int64_t col, int64_t count, floa
   read_row(t, col, row0, count, dst);
 }
 
-// Slivers are stored in the micro-kernel's operand layout: f32 (K, W) or bf16 pairs
-// (K/2, W, 2), W = MR for A and NR for B, zero-padded in W and (pairs) in K.
+int64_t round_up(int64_t x, int64_t multiple) { return (x + multiple - 1) / multiple * multiple; }
+
+// The bf16 elements of x when they can be copied into bf16 slivers bit for bit (no gather,
+// no conversion); else null.
+const bfloat16* raw_bf16(const Matrix& x, bool bf16_sliver) {
+  return bf16_sliver && x.dtype == DType::bf16 && !x.gather_row ? static_cast<const bfloat16*>(x.data) : nullptr;
+}
+
+// Slivers are stored in the micro-kernel's Packing: (k_steps / group, width, group)
+// elements, f32 or bf16, W = MR for A and NR for B, zero-padded in W and past kc.
 struct SliverWriter {
-  bool pairs;
+  bool bf16;
+  Packing packing;
   int64_t width, kc;
-  int64_t k_steps() const { return pairs ? (kc + 1) / 2 * 2 : kc; }
+  int64_t k_steps() const { return round_up(kc, packing.k_multiple); }
   int64_t elements() const { return width * k_steps(); }
-  // values[k] of lane w (a row of A or a column of B) into the sliver.
+  // values[k] of lane w (a row of A or a column of B) into the sliver: f32 values, or
+  // bf16 elements `stride` apart copied as they are.
   void put_lane(void* sliver, int64_t w, const float* values) const {
-    if (!pairs) {
-      float* dst = static_cast<float*>(sliver) + w;
-      for (int64_t k = 0; k < kc; ++k) dst[k * width] = values[k];
-      return;
-    }
-    bfloat16* dst = static_cast<bfloat16*>(sliver) + 2 * w;
-    for (int64_t k = 0; k < k_steps(); ++k)
-      dst[(k / 2) * 2 * width + (k & 1)] = k < kc ? to_bfloat16(values[k]) : bfloat16{0};
+    if (!bf16) return fill<float>(sliver, w, [&](int64_t k) { return values[k]; });
+    fill<bfloat16>(sliver, w, [&](int64_t k) { return to_bfloat16(values[k]); });
+  }
+  void put_lane(void* sliver, int64_t w, const bfloat16* src, int64_t stride) const {
+    if (stride == 1) return fill<bfloat16>(sliver, w, [&](int64_t k) { return src[k]; });
+    fill<bfloat16>(sliver, w, [&](int64_t k) { return src[k * stride]; });
   }
   void zero_lane(void* sliver, int64_t w) const {
-    if (!pairs) {
-      float* dst = static_cast<float*>(sliver) + w;
-      for (int64_t k = 0; k < kc; ++k) dst[k * width] = 0.0f;
-      return;
+    if (!bf16) return fill<float>(sliver, w, [](int64_t) { return 0.0f; });
+    fill<bfloat16>(sliver, w, [](int64_t) { return bfloat16{0}; });
+  }
+
+ private:
+  template <class T, class Get> void fill(void* sliver, int64_t w, const Get& get) const {
+    switch (packing.group) {  // the kernels' groups as constants, so that whole groups copy as blocks
+      case 1: return fill_groups<T, 1>(sliver, w, get);
+      case 2: return fill_groups<T, 2>(sliver, w, get);
+      case 32: return fill_groups<T, 32>(sliver, w, get);
+      default: return fill_groups<T, 0>(sliver, w, get);
     }
-    bfloat16* dst = static_cast<bfloat16*>(sliver) + 2 * w;
-    for (int64_t k = 0; k < k_steps(); ++k) dst[(k / 2) * 2 * width + (k & 1)] = bfloat16{0};
+  }
+  template <class T, int kGroup, class Get> void fill_groups(void* sliver, int64_t w, const Get& get) const {
+    const int group = kGroup ? kGroup : packing.group;
+    T* dst = static_cast<T*>(sliver) + w * group;
+    const int64_t step = width * group;  // from one group of the lane to its next
+    int64_t k = 0;
+    for (; k + group <= kc; k += group, dst += step)
+      for (int j = 0; j < group; ++j) dst[j] = get(k + j);
+    for (; k < k_steps(); k += group, dst += step)
+      for (int j = 0; j < group; ++j) dst[j] = k + j < kc ? get(k + j) : T{};
   }
 };
 
 // Row-major B (unit column stride) is packed a row of the block at a time (a pair of
 // rows for bf16 pairs): sequential reads of B, split into the slivers' rows.
 // A gathered B (implicit GEMM) is always read by rows: gather_row's (row, col) are B's.
-bool packs_by_row(const Matrix& b) { return b.gather_row || b.col_stride == 1; }
+bool packs_by_row(const Matrix& b, const SliverWriter& w) {
+  return (b.gather_row || b.col_stride == 1) && w.packing.group == (w.bf16 ? 2 : 1);
+}
+
+// row[2j], row[2j + 1] = even[j], odd[j] for j < cols (SSE2, the driver's baseline ISA).
+void interleave_pairs(const bfloat16* even, const bfloat16* odd, int64_t cols, bfloat16* row) {
+  int64_t j = 0;
+  for (; j + 8 <= cols; j += 8) {
+    const __m128i e = _mm_loadu_si128(reinterpret_cast<const __m128i*>(even + j));
+    const __m128i o = _mm_loadu_si128(reinterpret_cast<const __m128i*>(odd + j));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(row + 2 * j), _mm_unpacklo_epi16(e, o));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(row + 2 * j + 8), _mm_unpackhi_epi16(e, o));
+  }
+  for (; j < cols; ++j) {
+    row[2 * j] = even[j];
+    row[2 * j + 1] = odd[j];
+  }
+}
 
 // Packs k step `step` of the block: row k0 + step (f32), or rows k0 + 2*step and
-// k0 + 2*step + 1 interleaved (bf16 pairs; a row past kc is zero). tmp holds 2 * ncols.
+// k0 + 2*step + 1 interleaved (bf16 pairs; a row past kc is zero). tmp holds 2 * ncols
+// floats.
 void pack_b_rows(const Matrix& b, int64_t step, int64_t k0, int64_t n0, int64_t ncols, const SliverWriter& w,
                  void* dst, float* tmp) {
-  if (!w.pairs) {
-    read_row(b, k0 + step, n0, ncols, tmp);
+  if (!w.bf16) {
     float* out = static_cast<float*>(dst);
+    if (step < w.kc) read_row(b, k0 + step, n0, ncols, tmp);
+    else std::fill(tmp, tmp + ncols, 0.0f);
     for (int64_t s = 0; s * w.width < ncols; ++s) {
       const int64_t cols = std::min(w.width, ncols - s * w.width);
       float* row = out + s * w.elements() + step * w.width;
@@ -131,75 +179,126 @@ void pack_b_rows(const Matrix& b, int64_t step, int64_t k0, int64_t n0, int64_t 
     }
     return;
   }
-  float* even = tmp;
-  float* odd = tmp + ncols;
-  read_row(b, k0 + 2 * step, n0, ncols, even);
-  if (2 * step + 1 < w.kc) read_row(b, k0 + 2 * step + 1, n0, ncols, odd);
-  else std::fill(odd, odd + ncols, 0.0f);
+  // Both rows as bf16: in place when B is bf16 already, else converted into tmp.
+  const bfloat16* rows[2];
+  bfloat16* converted = reinterpret_cast<bfloat16*>(tmp);
+  const bfloat16* raw = raw_bf16(b, true);
+  for (int r = 0; r < 2; ++r) {
+    const int64_t k = 2 * step + r;
+    bfloat16* own = converted + r * ncols;
+    if (k >= w.kc) {
+      std::fill(own, own + ncols, bfloat16{0});
+      rows[r] = own;
+    } else if (raw) {
+      rows[r] = raw + (k0 + k) * b.row_stride + n0;
+    } else {
+      float* values = tmp + ncols;  // f32 in tmp's second half, the bf16 rows in its first
+      read_row(b, k0 + k, n0, ncols, values);
+      for (int64_t j = 0; j < ncols; ++j) own[j] = to_bfloat16(values[j]);
+      rows[r] = own;
+    }
+  }
   bfloat16* out = static_cast<bfloat16*>(dst);
   for (int64_t s = 0; s * w.width < ncols; ++s) {
     bfloat16* row = out + s * w.elements() + step * 2 * w.width;  // (NR, 2) for this k pair
-    for (int64_t j = 0; j < w.width; ++j) {
-      const int64_t col = s * w.width + j;
-      row[2 * j] = col < ncols ? to_bfloat16(even[col]) : bfloat16{0};
-      row[2 * j + 1] = col < ncols ? to_bfloat16(odd[col]) : bfloat16{0};
-    }
+    const int64_t c0 = s * w.width, cols = std::min(w.width, ncols - c0);
+    interleave_pairs(rows[0] + c0, rows[1] + c0, cols, row);
+    std::fill(row + 2 * cols, row + 2 * w.width, bfloat16{0});
   }
 }
 
-// Other layouts (transposed B, bf16 pairs, implicit-GEMM gathers) go lane by lane.
+// Other layouts (transposed B, implicit-GEMM gathers, AMX rows) go lane by lane.
 void pack_b_sliver(const Matrix& b, int64_t k0, int64_t n0, int64_t ncols, const SliverWriter& w, void* dst,
                    float* tmp) {
+  const bfloat16* raw = raw_bf16(b, w.bf16);
   for (int64_t j = 0; j < w.width; ++j) {
     if (j >= ncols) {
       w.zero_lane(dst, j);
-      continue;
+    } else if (raw) {
+      w.put_lane(dst, j, raw + k0 * b.row_stride + (n0 + j) * b.col_stride, b.row_stride);
+    } else {
+      read_column(b, k0, n0 + j, w.kc, tmp);
+      w.put_lane(dst, j, tmp);
     }
-    read_column(b, k0, n0 + j, w.kc, tmp);
-    w.put_lane(dst, j, tmp);
   }
 }
 
 void pack_a_sliver(const Matrix& a, int64_t m0, int64_t rows, int64_t k0, const SliverWriter& w, void* dst,
                    float* tmp) {
+  const bfloat16* raw = raw_bf16(a, w.bf16);
   for (int64_t i = 0; i < w.width; ++i) {
     if (i >= rows) {
       w.zero_lane(dst, i);
-      continue;
+    } else if (raw) {
+      w.put_lane(dst, i, raw + (m0 + i) * a.row_stride + k0 * a.col_stride, a.col_stride);
+    } else {
+      read_row(a, m0 + i, k0, w.kc, tmp);
+      w.put_lane(dst, i, tmp);
     }
-    read_row(a, m0 + i, k0, w.kc, tmp);
-    w.put_lane(dst, i, tmp);
   }
 }
 
-template <class T> void store_out(void* base, int64_t index, float v) {
-  if constexpr (std::is_same_v<T, float16>) static_cast<float16*>(base)[index] = to_float16(v);
-  else if constexpr (std::is_same_v<T, bfloat16>) static_cast<bfloat16*>(base)[index] = to_bfloat16(v);
-  else static_cast<float*>(base)[index] = v;
+// bf16 rounding (to_bfloat16) of 8 floats at a time, in SSE2 (the driver's baseline ISA).
+inline __m128i bf16_bits_sse2(__m128 v) {  // 4 results, sign-extended to 32 bits
+  const __m128i u = _mm_castps_si128(v);
+  const __m128i lsb = _mm_and_si128(_mm_srli_epi32(u, 16), _mm_set1_epi32(1));
+  const __m128i rounded = _mm_srai_epi32(_mm_add_epi32(u, _mm_add_epi32(lsb, _mm_set1_epi32(0x7fff))), 16);
+  const __m128i quiet_nan = _mm_or_si128(_mm_srai_epi32(u, 16), _mm_set1_epi32(0x40));
+  const __m128i is_nan = _mm_cmpgt_epi32(_mm_and_si128(u, _mm_set1_epi32(0x7fffffff)), _mm_set1_epi32(0x7f800000));
+  return _mm_or_si128(_mm_and_si128(is_nan, quiet_nan), _mm_andnot_si128(is_nan, rounded));
 }
-template <class T> float load_out(const void* base, int64_t index) {
-  return to_f32(static_cast<const T*>(base) + index);
+inline __m128 bf16_to_f32_sse2(__m128i bits) { return _mm_castsi128_ps(_mm_unpacklo_epi16(_mm_setzero_si128(), bits)); }
+
+template <class T> void store_out(T* p, float v) {
+  if constexpr (std::is_same_v<T, float16>) *p = to_float16(v);
+  else if constexpr (std::is_same_v<T, bfloat16>) *p = to_bfloat16(v);
+  else *p = v;
 }
 
-// C = alpha * acc + beta * C + bias for a 16-bit (or K = 0) output, rounding once.
+// Row i, columns [j0, j1) of C = alpha * acc + beta * C + bias, rounded once: a 16-bit
+// output from its f32 workspace row (acc_row, indexed by column), or any output when K = 0
+// (acc_row null).
 template <class T>
-void finish(const Output& c, const float* acc, int64_t ld_acc, float alpha, float beta, const float* bias, int threads) {
-#pragma omp parallel for num_threads(threads) schedule(static)
-  for (int64_t i = 0; i < c.m; ++i)
-    for (int64_t j = 0; j < c.n; ++j) {
-      float v = acc ? alpha * acc[i * ld_acc + j] : 0.0f;
-      if (beta != 0.0f) v += beta * load_out<T>(c.data, i * c.ldc + j);
-      if (bias) v += bias[j];
-      store_out<T>(c.data, i * c.ldc + j, v);
+void finish_row(const Output& c, const float* acc_row, int64_t i, int64_t j0, int64_t j1, float alpha, float beta,
+                const float* bias) {
+  T* out = static_cast<T*>(c.data) + i * c.ldc;
+  int64_t j = j0;
+  if constexpr (std::is_same_v<T, bfloat16>) {
+    if (acc_row) {  // the same operations, in the same order, as the scalar loop below
+      const __m128 va = _mm_set1_ps(alpha), vb = _mm_set1_ps(beta);
+      for (; j + 8 <= j1; j += 8) {
+        __m128 lo = _mm_mul_ps(va, _mm_loadu_ps(acc_row + j)), hi = _mm_mul_ps(va, _mm_loadu_ps(acc_row + j + 4));
+        if (beta != 0.0f) {
+          const __m128i old = _mm_loadu_si128(reinterpret_cast<const __m128i*>(out + j));
+          lo = _mm_add_ps(lo, _mm_mul_ps(vb, bf16_to_f32_sse2(old)));
+          hi = _mm_add_ps(hi, _mm_mul_ps(vb, bf16_to_f32_sse2(_mm_srli_si128(old, 8))));
+        }
+        if (bias) {
+          lo = _mm_add_ps(lo, _mm_loadu_ps(bias + j));
+          hi = _mm_add_ps(hi, _mm_loadu_ps(bias + j + 4));
+        }
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(out + j), _mm_packs_epi32(bf16_bits_sse2(lo), bf16_bits_sse2(hi)));
+      }
     }
+  }
+  for (; j < j1; ++j) {
+    float v = acc_row ? alpha * acc_row[j] : 0.0f;
+    if (beta != 0.0f) v += beta * to_f32(out + j);
+    if (bias) v += bias[j];
+    store_out<T>(out + j, v);
+  }
 }
 
-void finish_any(const Output& c, const float* acc, int64_t ld_acc, float alpha, float beta, const float* bias,
-                int threads) {
-  switch (c.dtype) {
-    case DType::f16: return finish<float16>(c, acc, ld_acc, alpha, beta, bias, threads);
-    case DType::bf16: return finish<bfloat16>(c, acc, ld_acc, alpha, beta, bias, threads);
-    default: return finish<float>(c, acc, ld_acc, alpha, beta, bias, threads);
+// Rows [i0, i0 + rows) x columns [j0, j0 + cols) of C (see finish_row).
+void finish_block(const Output& c, const float* acc, int64_t ld_acc, int64_t i0, int64_t rows, int64_t j0, int64_t cols,
+                  float alpha, float beta, const float* bias) {
+  for (int64_t i = i0; i < i0 + rows; ++i) {
+    const float* acc_row = acc ? acc + i * ld_acc : nullptr;
+    switch (c.dtype) {
+      case DType::f16: finish_row<float16>(c, acc_row, i, j0, j0 + cols, alpha, beta, bias); break;
+      case DType::bf16: finish_row<bfloat16>(c, acc_row, i, j0, j0 + cols, alpha, beta, bias); break;
+      default: finish_row<float>(c, acc_row, i, j0, j0 + cols, alpha, beta, bias);
+    }
   }
 }
 
@@ -208,6 +307,7 @@ void finish_any(const Output& c, const float* acc, int64_t ld_acc, float alpha, 
 const MicroKernel* kernel_for(Isa isa) {
   const cpu::CpuInfo& info = cpu::cpu_info();
   switch (isa) {
+    case Isa::amx_bf16: return info.amx_bf16 && info.amx_permitted ? micro_kernel_bf16_amx() : nullptr;
     case Isa::avx512_bf16: return info.avx512_bf16 ? micro_kernel_bf16_avx512() : nullptr;
     case Isa::avx512: return info.avx512 ? micro_kernel_f32_avx512() : nullptr;
     case Isa::avx2: return info.avx2 ? micro_kernel_f32_avx2() : nullptr;
@@ -217,6 +317,7 @@ const MicroKernel* kernel_for(Isa isa) {
 
 const char* isa_name(Isa isa) {
   switch (isa) {
+    case Isa::amx_bf16: return "amx";
     case Isa::avx512_bf16: return "avx512bf16";
     case Isa::avx512: return "avx512";
     case Isa::avx2: return "avx2";
@@ -226,6 +327,8 @@ const char* isa_name(Isa isa) {
 
 Status isa_present(Isa isa) {
   if (kernel_for(isa)) return Status::Ok();
+  const cpu::CpuInfo& info = cpu::cpu_info();
+  if (isa == Isa::amx_bf16 && info.amx_bf16) return unsupported(info.amx_refused);
   return unsupported(std::string("this CPU lacks ") + isa_name(isa) + " (" + cpu::cpu_info().describe() + ")");
 }
 
@@ -247,50 +350,72 @@ Status run(const std::vector<Term>& terms, const Output& c, float alpha, float b
   }
   const float* bias_ptr = bias ? bias_f32.data() : nullptr;
   if (total_k == 0) {
-    finish_any(c, nullptr, 0, alpha, beta, bias_ptr, threads);
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t i = 0; i < M; ++i) finish_block(c, nullptr, 0, i, 1, 0, N, alpha, beta, bias_ptr);
     return Status::Ok();
   }
 
-  // Where tiles accumulate: C itself (f32), or an f32 workspace rounded once at the end.
+  const Blocking blk = blocking_for(kernel);
+  const Term* first_term = nullptr;
+  const Term* last_term = nullptr;
+  for (const Term& t : terms)
+    if (t.k > 0) {
+      if (!first_term) first_term = &t;
+      last_term = &t;
+    }
+
+  // Where tiles accumulate: C itself (f32), or an f32 workspace for a 16-bit output. A
+  // kernel that rounds to bf16 itself writes a bf16 output from each tile's last k block
+  // (the workspace holds the earlier blocks' sum), so one k block needs no workspace.
   const bool direct = c.dtype == DType::f32;
-  float* target = static_cast<float*>(c.data);
-  int64_t ld_target = c.ldc;
-  if (!direct) {
+  const bool kernel_rounds = c.dtype == DType::bf16 && kernel.rounds_bf16;
+  const bool one_block = first_term == last_term && first_term->k <= blk.kc;
+  float* target = direct ? static_cast<float*>(c.data) : nullptr;
+  int64_t ld_target = direct ? c.ldc : N;
+  if (!direct && !(kernel_rounds && one_block)) {
     target = static_cast<float*>(cpu::scratch(size_t(M * N) * sizeof(float), 2));
     if (!target) return {StatusCode::out_of_memory, "cpu gemm: cannot allocate the f32 workspace"};
-    ld_target = N;
   }
   const float tile_alpha = direct ? alpha : 1.0f, tile_beta = direct ? beta : 0.0f;
   const float* tile_bias = direct ? bias_ptr : nullptr;
 
-  const Blocking blk = blocking_for(kernel);
   const int64_t mr = kernel.mr, nr = kernel.nr;
-  const int64_t elem = kernel.bf16_pairs ? 2 : 4;
-  const int64_t kc_max = kernel.bf16_pairs ? (blk.kc + 1) / 2 * 2 : blk.kc;
+  const int64_t elem = kernel.bf16 ? 2 : 4;
+  const int64_t kc_max = round_up(blk.kc, std::max(kernel.a.k_multiple, kernel.b.k_multiple));
   const int64_t nc_max = std::min(blk.nc, (N + nr - 1) / nr * nr), mc_max = std::min(blk.mc, (M + mr - 1) / mr * mr);
   void* packed_b = cpu::scratch(size_t(nc_max * kc_max * elem), 0);
   void* packed_a = cpu::scratch(size_t(mc_max * kc_max * elem), 1);
   if (!packed_a || !packed_b) return {StatusCode::out_of_memory, "cpu gemm: cannot allocate packing buffers"};
 
-  const Term* first_term = nullptr;
-  for (const Term& t : terms)
-    if (t.k > 0 && !first_term) first_term = &t;
   for (const Term& term : terms) {
     if (term.k == 0) continue;
-    const bool stream_b = !kernel.bf16_pairs && M <= kUnpackedMaxM && !term.b.gather_row &&
+    const bool stream_b = !kernel.bf16 && M <= kUnpackedMaxM && !term.b.gather_row &&
                           term.b.dtype == DType::f32 && term.b.col_stride == 1;
     for (int64_t jc = 0; jc < N; jc += blk.nc) {
       const int64_t nc = std::min(blk.nc, N - jc);
       for (int64_t pc = 0; pc < term.k; pc += blk.kc) {
         const int64_t kc = std::min(blk.kc, term.k - pc);
         const bool first = &term == first_term && pc == 0;
-        const SliverWriter b_writer{kernel.bf16_pairs, nr, kc}, a_writer{kernel.bf16_pairs, mr, kc};
+        // Row-major bf16 A read by few B slivers is not worth a copy: the kernel reads its
+        // whole tiles in place (packed, a tile is 1 KiB contiguous rather than 16 rows lda
+        // apart: better for many slivers, and for lda a multiple of 4 KiB).
+        const bfloat16* raw_a = raw_bf16(term.a, kernel.bf16);
+        const bool a_in_place = kernel.a_in_place && raw_a && term.a.col_stride == 1 && kc % kernel.a.group == 0 &&
+                                (nc + nr - 1) / nr <= kInPlaceMaxSlivers;
+        // A 16-bit output's tiles are rounded into it right after their last k block: by
+        // the micro-kernel (kernel_rounds; with alpha 0 the earlier blocks' NaN and Inf
+        // would be skipped), else from the workspace lines it has just written.
+        const bool last = &term == last_term && pc + kc == term.k;
+        const bool rounds_here = !direct && last && kernel_rounds && (first || alpha != 0.0f);
+        const bool finish_tiles = !direct && last && !rounds_here;
+        const SliverWriter b_writer{kernel.bf16, kernel.b, nr, kc}, a_writer{kernel.bf16, kernel.a, mr, kc};
         const int64_t b_slivers = (nc + nr - 1) / nr;
 #pragma omp parallel num_threads(threads)
         {
+          if (kernel.enter) kernel.enter();
           std::vector<float> tmp(size_t(std::max(kc, 2 * nc) + 1));
-          if (!stream_b && packs_by_row(term.b)) {
-            const int64_t steps = kernel.bf16_pairs ? (kc + 1) / 2 : kc;
+          if (!stream_b && packs_by_row(term.b, b_writer)) {
+            const int64_t steps = b_writer.k_steps() / kernel.b.group;
 #pragma omp for schedule(static)
             for (int64_t step = 0; step < steps; ++step)
               pack_b_rows(term.b, step, pc, jc, nc, b_writer, packed_b, tmp.data());
@@ -303,16 +428,23 @@ Status run(const std::vector<Term>& terms, const Output& c, float alpha, float b
           for (int64_t ic = 0; ic < M; ic += blk.mc) {
             const int64_t mc = std::min(blk.mc, M - ic);
             const int64_t a_slivers = (mc + mr - 1) / mr;
+            if (!a_in_place || mc % mr != 0) {  // in place, only a partial last sliver is packed
 #pragma omp for schedule(static)
-            for (int64_t s = 0; s < a_slivers; ++s)
-              pack_a_sliver(term.a, ic + s * mr, std::min(mr, mc - s * mr), pc, a_writer,
-                            static_cast<char*>(packed_a) + s * a_writer.elements() * elem, tmp.data());
+              for (int64_t s = 0; s < a_slivers; ++s)
+                if (!a_in_place || mc - s * mr < mr)
+                  pack_a_sliver(term.a, ic + s * mr, std::min(mr, mc - s * mr), pc, a_writer,
+                                static_cast<char*>(packed_a) + s * a_writer.elements() * elem, tmp.data());
+            }
 #pragma omp for collapse(2) schedule(static)
             for (int64_t jr = 0; jr < b_slivers; ++jr)
               for (int64_t ir = 0; ir < a_slivers; ++ir) {
                 Tile t;
                 t.kc = kc;
                 t.a = static_cast<const char*>(packed_a) + ir * a_writer.elements() * elem;
+                if (a_in_place && mc - ir * mr >= mr) {
+                  t.a = raw_a + (ic + ir * mr) * term.a.row_stride + pc;
+                  t.a_stride = term.a.row_stride;
+                }
                 if (stream_b) {
                   t.b = static_cast<const float*>(term.b.data) + pc * term.b.row_stride + jc + jr * nr;
                   t.b_stride = term.b.row_stride;
@@ -322,21 +454,31 @@ Status run(const std::vector<Term>& terms, const Output& c, float alpha, float b
                   t.b_stride = nr;
                   t.b_packed = true;
                 }
-                t.c = target + (ic + ir * mr) * ld_target + jc + jr * nr;
+                const int64_t row0 = ic + ir * mr, col0 = jc + jr * nr;
+                t.c = target ? target + row0 * ld_target + col0 : nullptr;
                 t.ldc = ld_target;
                 t.m = int(std::min(mr, mc - ir * mr));
                 t.n = int(std::min(nr, nc - jr * nr));
                 t.alpha = tile_alpha;
                 t.beta = first ? tile_beta : 1.0f;
-                t.bias = first && tile_bias ? tile_bias + jc + jr * nr : nullptr;
+                t.bias = first && tile_bias ? tile_bias + col0 : nullptr;
+                if (rounds_here) {  // alpha * (this block + the workspace's sum) + bias + beta * C
+                  t.alpha = alpha;
+                  t.beta = first ? 0.0f : alpha;
+                  t.bias = bias_ptr ? bias_ptr + col0 : nullptr;
+                  t.out = static_cast<bfloat16*>(c.data) + row0 * c.ldc + col0;
+                  t.ld_out = c.ldc;
+                  t.out_beta = beta;
+                }
                 kernel.run(t);
+                if (finish_tiles) finish_block(c, target, ld_target, row0, t.m, col0, t.n, alpha, beta, bias_ptr);
               }
           }
+          if (kernel.leave) kernel.leave();
         }
       }
     }
   }
-  if (!direct) finish_any(c, target, ld_target, alpha, beta, bias_ptr, threads);
   return Status::Ok();
 }
 
@@ -449,9 +591,10 @@ template <Isa kIsa> void add_records(dispatch::KernelTables& tables, DType dtype
 
 }  // namespace
 
-// bf16 prefers vdpbf16ps; f16 and (without avx512_bf16) bf16 are widened to f32 while
-// packing. AVX2 serves CPUs without AVX-512.
+// bf16 prefers AMX tiles, then vdpbf16ps; f16 and (without avx512_bf16) bf16 are widened
+// to f32 while packing. AVX2 serves CPUs without AVX-512.
 void add_gemm_kernels(dispatch::KernelTables& tables) {
+  add_records<Isa::amx_bf16>(tables, DType::bf16, 120);
   add_records<Isa::avx512_bf16>(tables, DType::bf16, 110);
   for (DType dtype : {DType::f32, DType::bf16, DType::f16}) {
     add_records<Isa::avx512>(tables, dtype, 100);

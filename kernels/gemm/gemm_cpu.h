@@ -14,15 +14,21 @@ namespace anvil::cpu_gemm {
 
 // ------------------------------------------------------------------ micro-kernel ABI
 // One register tile: C[0:m, 0:n] = alpha * sum_k A[i, k] B[k, j] (+ beta * C) (+ bias[j]).
-//   a: packed A sliver. f32: kc steps of MR floats ((MR) per k). bf16 pairs: ceil(kc/2)
-//      steps of MR x 2 bf16 ((MR, 2) per k pair).
-//   b: B rows, b_stride elements apart. f32: NR floats per k (packed: zero-padded to NR;
-//      unpacked row-major B: b_stride == ldb, and columns >= n are never read).
-//      bf16 pairs: ceil(kc/2) steps of (NR, 2), always packed.
+//   a: packed A sliver, b: packed B sliver, in the kernel's Packing (below).
+//   a (kernels with MicroKernel::a_in_place only): may instead be bf16 A rows in place,
+//      a_stride elements apart (a_stride != 0), for whole tiles only: m == MR and kc a
+//      multiple of the A packing's group.
+//   b (f32 only): may instead be B rows in place, b_stride == ldb apart (b_packed false;
+//      columns >= n are never read).
 //   c: f32, row stride ldc, unit column stride. Rows >= m and columns >= n are untouched.
+//   out (kernels with MicroKernel::rounds_bf16 only; null otherwise): the result
+//      v = alpha * acc + beta * C + bias + out_beta * out is not stored to c but rounded
+//      once (to nearest even, as to_bfloat16) into the bf16 tile out, row stride ld_out;
+//      out is read only when out_beta != 0, c only when beta != 0.
 struct Tile {
   int64_t kc;
   const void* a;
+  int64_t a_stride = 0;  // 0: a is a packed sliver
   const void* b;
   int64_t b_stride;
   bool b_packed;
@@ -31,18 +37,43 @@ struct Tile {
   int m, n;
   float alpha, beta;   // beta == 0: C is not read
   const float* bias;   // nullable; n entries
+  bfloat16* out = nullptr;
+  int64_t ld_out = 0;
+  float out_beta = 0.0f;
+};
+
+// A packed sliver holds `width` lanes (MR rows of A, or NR columns of B) over k_steps =
+// kc rounded up to k_multiple, as (k_steps / group, width, group) elements: `group`
+// consecutive k of one lane are adjacent. Lanes past the matrix's edge and k past kc are
+// zeros, so a kernel may always compute on whole slivers.
+//   f32 (K, W):              group 1, k_multiple 1
+//   bf16 pairs (K/2, W, 2):  group 2, k_multiple 2     (vdpbf16ps; AMX B in VNNI pairs)
+//   bf16 rows (K/32, W, 32): group 32, k_multiple 32   (AMX A: a (16, 32) tile is 1 KiB)
+struct Packing {
+  int group, k_multiple;
 };
 
 struct MicroKernel {
   const char* isa;  // variant name in kernel records
   int mr, nr;
-  bool bf16_pairs;  // operands are bf16 pairs (vdpbf16ps) rather than f32
+  bool bf16;          // operands packed as bf16 rather than f32
+  Packing a, b;
   void (*run)(const Tile&);
+  bool rounds_bf16 = false;  // honours Tile::out (else a bf16 output goes through an f32 workspace)
+  // Smallest k block worth a call (0: from the L1 size alone): a kernel with a high fixed
+  // cost per tile (AMX: C through memory, the epilogue) amortises it over a longer block.
+  int kc_min = 0;
+  bool a_in_place = false;  // reads whole bf16 A tiles (m == MR, kc % a.group == 0) in place
+  // Nullable. Each thread calls enter() before its first tile of a parallel region and
+  // leave() after its last (AMX: load the tile configuration; release the tile state).
+  void (*enter)() = nullptr;
+  void (*leave)() = nullptr;
 };
 
 // Null when the ISA is not compiled in (the driver checks cpu_info() before using one).
 const MicroKernel* micro_kernel_f32_avx512();
 const MicroKernel* micro_kernel_bf16_avx512();
+const MicroKernel* micro_kernel_bf16_amx();
 const MicroKernel* micro_kernel_f32_avx2();
 
 // ------------------------------------------------------------------ driver
@@ -77,11 +108,12 @@ Status run(const std::vector<Term>& terms, const Output& c, float alpha, float b
            int64_t bias_stride, const MicroKernel& kernel);
 
 // The ISA variants of the cpu kernels, shared by gemm, conv2d and attention records.
-enum class Isa { avx512_bf16, avx512, avx2 };
+enum class Isa { amx_bf16, avx512_bf16, avx512, avx2 };
 const char* isa_name(Isa isa);
 // The micro-kernel of that ISA if this CPU has it, else null.
 const MicroKernel* kernel_for(Isa isa);
-// Ok, or "this CPU lacks <isa> (<what it has>)": the records' can_implement reason.
+// Ok, or "this CPU lacks <isa> (<what it has>)", or the OS's refusal of AMX: the records'
+// can_implement reason.
 Status isa_present(Isa isa);
 
 }  // namespace anvil::cpu_gemm

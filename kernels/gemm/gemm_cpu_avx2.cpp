@@ -65,7 +65,7 @@ void tile(const Tile& t) {
   }
 }
 
-constexpr MicroKernel kF32{"avx2", kMR, kNR, false, &tile};
+constexpr MicroKernel kF32{"avx2", kMR, kNR, false, {1, 1}, {1, 1}, &tile};
 
 }  // namespace
 

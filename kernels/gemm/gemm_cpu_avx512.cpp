@@ -125,8 +125,8 @@ void tile(const Tile& t) {
   table[size_t(t.m - 1)](t);
 }
 
-constexpr MicroKernel kF32{"avx512", kMR, kNR, false, &tile<false>};
-constexpr MicroKernel kBf16{"avx512bf16", kMR, kNR, true, &tile<true>};
+constexpr MicroKernel kF32{"avx512", kMR, kNR, false, {1, 1}, {1, 1}, &tile<false>};
+constexpr MicroKernel kBf16{"avx512bf16", kMR, kNR, true, {2, 2}, {2, 2}, &tile<true>};
 
 }  // namespace
 
