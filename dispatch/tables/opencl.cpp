@@ -16,8 +16,12 @@
 namespace anvil::opencl_gemm {
 void add_gemm_kernels(dispatch::KernelTables& tables);
 }  // namespace anvil::opencl_gemm
-// conv2d and attention: declare their add_*_kernels here and call them below once their
-// kernels/<op>/<op>_opencl.cpp exist.
+namespace anvil::opencl_conv2d {
+void add_conv2d_kernels(dispatch::KernelTables& tables);
+}  // namespace anvil::opencl_conv2d
+namespace anvil::opencl_attention {
+void add_attention_kernels(dispatch::KernelTables& tables);
+}  // namespace anvil::opencl_attention
 
 namespace anvil::dispatch {
 namespace {
@@ -44,6 +48,8 @@ void register_opencl(KernelTables& tables) {
   backend.memory = &opencl_memory;
   tables.add_backend(std::move(backend));
   opencl_gemm::add_gemm_kernels(tables);
+  opencl_conv2d::add_conv2d_kernels(tables);
+  opencl_attention::add_attention_kernels(tables);
 }
 
 }  // namespace anvil::dispatch
