@@ -8,7 +8,9 @@
 // (what ci/run-provider does) so that implementations alternate and medians compare.
 //
 // Own flags: --shapes-dir=DIR, --ops=peak,gemm,conv2d,attention,
-//            --max-reference-gflop=X (reference kernels above X GFLOP are not timed; 0.1)
+//            --max-reference-gflop=X (reference kernels above X GFLOP are not timed; 0.1),
+//            --time-reference (also time anvil's reference kernel where it is not the
+//            default, within that bound: ratios against it show a backend's speed-up)
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
@@ -55,6 +57,7 @@ struct Options {
   std::string shapes_dir = ANVIL_SHAPES_DIR;
   std::string ops = "peak,gemm,conv2d,attention";
   double max_reference_gflop = 0.1;
+  bool time_reference = false;
 };
 Options options;
 
@@ -98,14 +101,14 @@ void set_flops(benchmark::State& state, double flops) {
 
 // The kernels to time for a call: the one anvil selects by default, then the one each
 // other backend that runs here would take when forced (so that every backend of the build
-// is compared with the same reference libraries). The reference backend is left out; it
-// is timed only when it is the default.
+// is compared with the same reference libraries). The reference backend is left out
+// unless --time-reference asks for it; otherwise it is timed only when it is the default.
 template <class Args> std::vector<std::string> kernels_to_time(const Args& args) {
   std::vector<std::string> names;
   std::string kernel;
   if (anvil::select_kernel(args, &kernel).ok()) names.push_back(kernel);
   for (const anvil::BackendInfo& backend : anvil::backends()) {
-    if (!backend.available || backend.name == "reference") continue;
+    if (!backend.available || (backend.name == "reference" && !options.time_reference)) continue;
     anvil::ScopedOverrides force({backend.name, ""});
     if (anvil::select_kernel(args, &kernel).ok() && std::find(names.begin(), names.end(), kernel) == names.end())
       names.push_back(kernel);
@@ -452,6 +455,7 @@ int main(int argc, char** argv) {
     if (take_flag(argv[i], "shapes-dir", &value)) options.shapes_dir = value;
     else if (take_flag(argv[i], "ops", &value)) options.ops = value;
     else if (take_flag(argv[i], "max-reference-gflop", &value)) options.max_reference_gflop = std::stod(value);
+    else if (std::string(argv[i]) == "--time-reference") options.time_reference = true;
     else {
       std::fprintf(stderr, "anvil-bench: unknown flag %s\n", argv[i]);
       return 2;

@@ -5,14 +5,18 @@ a PNG plot, and optionally a gate against a baseline of ratios.
 Benchmarks are named <op>/<shape>/<implementation>; implementations starting with
 "anvil:" are anvil kernels, the others (openblas, onednn, ...) reference libraries.
 ratio = median time of the reference library / median time of anvil (> 1: anvil faster).
+--reference-impl makes the anvil kernels whose name matches REGEX (e.g. "cpu\\.|reference$")
+references too, so that one backend is rated against another backend or anvil's reference.
 Ratios, never absolute times, are compared with the baseline, so noisy machines do not
 flake the gate.
 
     compare.py run.json [--plot out.png] [--baseline base.json --margin 0.3 [--gate]]
+                        [--reference-impl REGEX]
     compare.py run.json --write-baseline base.json
 """
 import argparse
 import json
+import re
 import statistics
 import sys
 from collections import defaultdict
@@ -39,15 +43,20 @@ def medians(path):
     return {k: statistics.median(v) for k, v in times.items()}, errors, data.get("context", {}), med_flops
 
 
-def ratio_rows(med):
+def ratio_rows(med, reference_impl=None):
+    """(op, shape, anvil kernel, reference, anvil ms, reference ms, ratio) per pair; an anvil
+    kernel matching reference_impl is a reference only."""
+    def is_reference(impl):
+        return not impl.startswith("anvil:") or bool(reference_impl and re.search(reference_impl, impl[6:]))
+
     by_shape = defaultdict(dict)
     for name, t in med.items():
         op, shape, impl = name.split("/", 2)
         by_shape[(op, shape)][impl] = t
     rows = []
     for (op, shape), impls in sorted(by_shape.items()):
-        anvil_impls = {k: v for k, v in impls.items() if k.startswith("anvil:")}
-        refs = {k: v for k, v in impls.items() if not k.startswith("anvil:")}
+        anvil_impls = {k: v for k, v in impls.items() if not is_reference(k)}
+        refs = {k: v for k, v in impls.items() if is_reference(k)}
         for a, ta in anvil_impls.items():
             if not refs:
                 rows.append((op, shape, a, "-", ta, None, None))
@@ -69,17 +78,22 @@ def main():
     p.add_argument("--margin", type=float, default=0.3)
     p.add_argument("--gate", action="store_true")
     p.add_argument("--write-baseline")
+    p.add_argument("--reference-impl", help="regex: anvil kernels that count as references")
     a = p.parse_args()
 
     med, errors, ctx, flops = medians(a.json)
     peak = {k: v for k, v in flops.items() if k.startswith("peak/")}
     med = {k: v for k, v in med.items() if not k.startswith("peak/")}
-    rows = ratio_rows(med)
+    rows = ratio_rows(med, a.reference_impl)
     print(f"machine: {ctx.get('host_name', '?')}, {ctx.get('num_cpus', '?')} CPUs @ {ctx.get('mhz_per_cpu', '?')} MHz"
           + (f", OpenBLAS core {ctx['openblas_core']}" if "openblas_core" in ctx else ""))
-    print(f"{'op':<10} {'shape':<22} {'anvil kernel':<30} {'reference':<10} {'anvil ms':>10} {'ref ms':>10} {'ratio':>7}")
+    def shown(impl):
+        return impl[6:] if impl.startswith("anvil:") else impl
+
+    ref_width = max([10] + [len(shown(r[3])) for r in rows])
+    print(f"{'op':<10} {'shape':<22} {'anvil kernel':<30} {'reference':<{ref_width}} {'anvil ms':>10} {'ref ms':>10} {'ratio':>7}")
     for op, shape, impl, ref, ta, tr, ratio in rows:
-        print(f"{op:<10} {shape:<22} {impl[6:]:<30} {ref:<10} {ta:>10.3f} "
+        print(f"{op:<10} {shape:<22} {shown(impl):<30} {shown(ref):<{ref_width}} {ta:>10.3f} "
               f"{(f'{tr:.3f}' if tr else '-'):>10} {(f'{ratio:.3f}' if ratio else '-'):>7}")
     for name, msg in errors.items():
         print(f"ERROR {name}: {msg}")
