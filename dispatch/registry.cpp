@@ -2,6 +2,7 @@
 // dtype matches, whose backend runs on the operands' device and is available, and whose
 // can_implement accepts the call. Overrides narrow the walk; they never widen it.
 #include "dispatch/registry.h"
+#include "dispatch/selection_memo.h"
 
 #include <algorithm>
 #include <array>
@@ -252,8 +253,9 @@ template <class Args> class Ranked {
       if (r.dtype != dtype) continue;
       items_[size_++] = {r.priority_of(args), &r};
     }
-    std::stable_sort(items_.begin(), items_.begin() + size_,
-                     [](const Item& x, const Item& y) { return x.priority > y.priority; });
+    // Insertion sort: stable, and unlike std::stable_sort it allocates no buffer.
+    for (size_t i = 1; i < size_; ++i)
+      for (size_t j = i; j > 0 && items_[j - 1].priority < items_[j].priority; --j) std::swap(items_[j - 1], items_[j]);
   }
   struct Item {
     int priority;
@@ -287,6 +289,7 @@ template <class Args> struct Selection {
   const KernelRecord<Args>* chosen = nullptr;
   Status status;
   std::string forced_note;  // what the overrides did, for explain
+  bool hooked = false;      // an autotune hook chose: it may choose differently next time
 };
 
 template <class Args> AutotuneHook<Args>& autotune_hook() {
@@ -327,6 +330,7 @@ template <class Args> Selection<Args> select(const Args& args, bool exhaustive) 
     std::shared_lock lock(hook_mutex());
     hooked = bool(autotune_hook<Args>());
   }
+  sel.hooked = hooked;
   const bool stop_at_first = !exhaustive && !hooked && forced_kernel.empty();
   for (const auto& [priority, record] : Ranked<Args>(table, dtype, args)) {
     const KernelRecord<Args>& r = *record;
@@ -400,14 +404,22 @@ const KernelTables& tables() { return registry().tables; }
 template <class Args> void set_autotune_hook(AutotuneHook<Args> hook) {
   std::unique_lock lock(hook_mutex());
   autotune_hook<Args>() = std::move(hook);
+  selection_generation().fetch_add(1, std::memory_order_release);
 }
 
 template <class Args> Status select_op(const Args& args, const KernelRecord<Args>** chosen) {
+  thread_local SelectionMemo<Args, KernelRecord<Args>> memo;
+  const uint64_t generation = selection_generation().load(std::memory_order_acquire);
+  if (const KernelRecord<Args>* known = memo.find(args, generation)) {
+    *chosen = known;
+    return Status::Ok();
+  }
   const auto context = [] { return std::string(op_name(OpTraits<Args>::op)) + ": "; };  // built on failure only
   const Status valid = OpTraits<Args>::validate(args);
   if (!valid.ok()) return valid.with_context(context());
   Selection<Args> sel = select(args, false);
   if (!sel.status.ok()) return sel.status.with_context(context());
+  if (!sel.hooked) memo.remember(args, generation, sel.chosen);
   *chosen = sel.chosen;
   return Status::Ok();
 }
@@ -513,6 +525,7 @@ Status set_overrides(const Overrides& overrides) {
   st.api = overrides;
   st.api_parsed = std::move(parsed);
   st.effective.reset();
+  dispatch::selection_generation().fetch_add(1, std::memory_order_release);
   return Status::Ok();
 }
 

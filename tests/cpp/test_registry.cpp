@@ -162,6 +162,44 @@ TEST(Registry, AutotuneHookCanReorderAcceptableCandidates) {
   dispatch::set_autotune_hook<GemmArgs>(nullptr);
 }
 
+// A repeated identical call reuses its selection (dispatch/selection_memo.h); everything
+// that may change the answer must still be seen.
+TEST(Registry, RepeatedCallsSeeOverrideHookAndPointerChanges) {
+  SmallGemm g;
+  std::string first, again;
+  ASSERT_TRUE(select_kernel(g.args(), &first).ok());
+  ASSERT_TRUE(select_kernel(g.args(), &again).ok());
+  EXPECT_EQ(first, again);
+  {
+    ScopedOverrides force({"", "gemm.f32.reference"});
+    ASSERT_TRUE(select_kernel(g.args(), &again).ok());
+    EXPECT_EQ(again, "gemm.f32.reference");
+  }
+  ASSERT_TRUE(select_kernel(g.args(), &again).ok());
+  EXPECT_EQ(again, first);
+
+  // A hook set after the call was remembered is asked on every call from then on.
+  std::atomic<int> calls{0};
+  dispatch::set_autotune_hook<GemmArgs>(
+      [&](const GemmArgs&, const std::vector<const dispatch::KernelRecord<GemmArgs>*>&) {
+        ++calls;
+        return 0;
+      });
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(select_kernel(g.args(), &again).ok());
+  EXPECT_EQ(calls.load(), 3);
+  dispatch::set_autotune_hook<GemmArgs>(nullptr);
+
+  // The same shapes with c moved onto a: validated again, and refused.
+  GemmArgs aliased = g.args();
+  ASSERT_TRUE(gemm(aliased).ok());
+  aliased.c.data = g.a.data();
+  const Status s = gemm(aliased);
+  EXPECT_EQ(s.code(), StatusCode::invalid_argument);
+  EXPECT_NE(s.message().find("overlaps"), std::string::npos) << s.message();
+  // A refusal is not remembered: the same bad call fails again, with the same error.
+  EXPECT_EQ(gemm(aliased).message(), s.message());
+}
+
 TEST(Registry, ConcurrentCallsAndOverrideChangesAreSafe) {
   std::atomic<int> failures{0};
   std::vector<std::thread> threads;
