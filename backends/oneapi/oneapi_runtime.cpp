@@ -195,6 +195,38 @@ class ThreadBudget {
 };
 }  // namespace
 
+const dnnl::memory& PlanMemories::bind(int slot, const dnnl::memory::desc& desc, void* data) {
+  auto it = memories_.find(slot);
+  if (it == memories_.end()) {
+    handles_[slot] = data;
+    return memories_.emplace(slot, dnnl::memory(desc, engine(), data)).first->second;
+  }
+  void*& current = handles_[slot];
+  if (current != data) {
+    it->second.set_data_handle(data);
+    current = data;
+  }
+  return it->second;
+}
+
+PlanMemories& thread_memories(const std::shared_ptr<const void>& plan) {
+  struct Slot {
+    std::weak_ptr<const void> owner;
+    PlanMemories memories;
+  };
+  thread_local std::unordered_map<const void*, Slot> slots;
+  auto it = slots.find(plan.get());
+  if (it != slots.end() && !it->second.owner.expired()) return it->second.memories;
+  if (slots.size() > 4096) {  // drop the slots of evicted plans
+    std::erase_if(slots, [](const auto& kv) { return kv.second.owner.expired(); });
+    it = slots.find(plan.get());
+  }
+  Slot& slot = it != slots.end() ? it->second : slots[plan.get()];
+  slot.owner = plan;
+  slot.memories = {};
+  return slot.memories;
+}
+
 void execute(const dnnl::primitive& primitive, const std::unordered_map<int, dnnl::memory>& args, int64_t flops) {
   ThreadBudget budget(flops);
   dnnl::stream& stream = thread_stream();

@@ -1,6 +1,9 @@
 #include "kernels/common/primitives_oneapi.h"
 
 #include <cstring>
+#include <optional>
+#include <string>
+#include <string_view>
 #include <vector>
 
 namespace anvil::oneapi {
@@ -28,63 +31,66 @@ class Bindings {
   void push_back(const Binding& b) { items_[size_++] = b; }
   const Binding* begin() const { return items_.data(); }
   const Binding* end() const { return items_.data() + size_; }
+  size_t size() const { return size_; }
 
  private:
   std::array<Binding, 6> items_{};
   size_t size_ = 0;
 };
 
-// Memory objects of one cached primitive for the calling thread, made on its first call;
-// later calls only swap their data handles, and only when they changed (creating a memory
-// object, or even setting its handle, costs a noticeable share of a 64^3 matmul).
-struct ThreadMemories {
-  std::unordered_map<int, memory> by_arg;
-  std::unordered_map<int, void*> handles;
-
-  void bind(int arg, void* data) {
-    void*& current = handles[arg];
-    if (current == data) return;
-    by_arg.at(arg).set_data_handle(data);
-    current = data;
-  }
-};
-
-ThreadMemories& thread_memories(const std::shared_ptr<const PrimitiveEntry>& entry) {
-  struct Slot {
-    std::weak_ptr<const PrimitiveEntry> owner;  // expired: the entry was evicted (its address may be reused)
-    ThreadMemories memories;
+// The calling thread's last few primitives, found again by comparing key bytes: a call
+// repeated with the same descriptors skips the shared cache (hashing the key, its lock,
+// its LRU update) and the lookup of its memory objects. Holding the entry keeps its
+// memory-object slot alive.
+class RecentPrimitives {
+ public:
+  struct Hit {
+    const PrimitiveEntry* entry;
+    PlanMemories* memories;
   };
-  thread_local std::unordered_map<const PrimitiveEntry*, Slot> slots;
-  auto it = slots.find(entry.get());
-  if (it != slots.end() && !it->second.owner.expired()) return it->second.memories;
-  if (slots.size() > 4096) {  // drop the slots of evicted entries
-    std::erase_if(slots, [](const auto& kv) { return kv.second.owner.expired(); });
-    it = slots.find(entry.get());
+  std::optional<Hit> find(std::string_view key) const {
+    for (const Recent& r : recent_)
+      if (r.entry && r.key == key) return Hit{r.entry.get(), r.memories};
+    return std::nullopt;
   }
-  Slot& slot = it != slots.end() ? it->second : slots[entry.get()];
-  slot.owner = entry;
-  slot.memories = {};
-  for (const auto& [arg, desc] : entry->arg_descs) {
-    slot.memories.by_arg.emplace(arg, memory(desc, engine(), nullptr));
-    slot.memories.handles.emplace(arg, nullptr);
+  void remember(std::string_view key, std::shared_ptr<const PrimitiveEntry> entry, PlanMemories* memories) {
+    Recent& r = recent_[next_];
+    next_ = (next_ + 1) % recent_.size();
+    r.key.assign(key);
+    r.entry = std::move(entry);
+    r.memories = memories;
   }
-  return slot.memories;
-}
+
+ private:
+  struct Recent {
+    std::string key;
+    std::shared_ptr<const PrimitiveEntry> entry;
+    PlanMemories* memories = nullptr;
+  };
+  std::array<Recent, 4> recent_;
+  size_t next_ = 0;
+};
 
 // Runs the primitive cached under key (made by make on a miss) on the bound operands.
 // what names the primitive in errors.
 template <class Make>
 Status run_cached(const char* what, const Key& key, Make make, const Bindings& bindings, int64_t flops = -1) {
   static PrimitiveCache<PrimitiveEntry> cache;
+  thread_local RecentPrimitives recent;
   return guarded(what, [&] {
-    const auto entry = cache.get(key, [&] {
-      PrimitiveEntry e{make(), {}};
-      for (const Binding& b : bindings) e.arg_descs.emplace_back(b.arg, b.operand->desc());
-      return e;
-    });
-    ThreadMemories& memories = thread_memories(entry);
-    for (const Binding& b : bindings) memories.bind(b.arg, b.operand->data);
-    execute(entry->primitive, memories.by_arg, flops);
+    std::optional<RecentPrimitives::Hit> hit = recent.find(key.view());
+    if (!hit) {
+      auto entry = cache.get(key, [&] {
+        PrimitiveEntry e{make(), {}};
+        for (const Binding& b : bindings) e.arg_descs.emplace_back(b.arg, b.operand->desc());
+        return e;
+      });
+      hit = RecentPrimitives::Hit{entry.get(), &thread_memories(entry)};
+      recent.remember(key.view(), std::move(entry), hit->memories);
+    }
+    for (size_t i = 0; i < bindings.size(); ++i)
+      hit->memories->bind(bindings.begin()[i].arg, hit->entry->arg_descs[i].second, bindings.begin()[i].operand->data);
+    execute(hit->entry->primitive, hit->memories->all(), flops);
   });
 }
 

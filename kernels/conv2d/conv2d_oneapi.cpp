@@ -52,29 +52,33 @@ oneapi::Key plan_key(const char* kind, const std::vector<const Operand*>& ops, c
 }
 
 // How one argument reaches a primitive: in place when the caller's format is the one the
-// primitive wants, else through a workspace and a reorder made once with the plan.
+// primitive wants, else through a workspace and a reorder made once with the plan. Its
+// memory objects are the calling thread's PlanMemories slots 2 * slot (the caller's
+// tensor) and 2 * slot + 1 (the workspace).
 struct Staging {
-  memory::desc wanted;
+  int slot = 0;
+  memory::desc caller, wanted;
   std::optional<dnnl::reorder> reorder;  // caller -> workspace (inputs), workspace -> caller (outputs)
 
   Staging() = default;
-  Staging(const Operand& user, const memory::desc& want, bool is_input) : wanted(want) {
-    const memory::desc mine = user.desc();
-    if (mine == want) return;
-    reorder = is_input ? dnnl::reorder(dnnl::reorder::primitive_desc(oneapi::engine(), mine, oneapi::engine(), want))
-                       : dnnl::reorder(dnnl::reorder::primitive_desc(oneapi::engine(), want, oneapi::engine(), mine));
+  Staging(int slot_, const Operand& user, const memory::desc& want, bool is_input)
+      : slot(slot_), caller(user.desc()), wanted(want) {
+    if (caller == want) return;
+    reorder = is_input ? dnnl::reorder(dnnl::reorder::primitive_desc(oneapi::engine(), caller, oneapi::engine(), want))
+                       : dnnl::reorder(dnnl::reorder::primitive_desc(oneapi::engine(), want, oneapi::engine(), caller));
   }
 
   // The memory the primitive reads or writes; for an input, filled from the caller's.
-  memory bind(const Operand& user, bool is_input, oneapi::Workspace& ws) const {
-    if (!reorder) return user.memory();
-    memory staged(wanted, oneapi::engine(), ws.get(wanted.get_size()));
-    if (is_input) oneapi::execute(*reorder, {{DNNL_ARG_FROM, user.memory()}, {DNNL_ARG_TO, staged}});
+  const memory& bind(const Operand& user, bool is_input, oneapi::Workspace& ws, oneapi::PlanMemories& mem) const {
+    const memory& theirs = mem.bind(2 * slot, caller, user.data);
+    if (!reorder) return theirs;
+    const memory& staged = mem.bind(2 * slot + 1, wanted, ws.get(wanted.get_size()));
+    if (is_input) oneapi::execute(*reorder, {{DNNL_ARG_FROM, theirs}, {DNNL_ARG_TO, staged}});
     return staged;
   }
-  // Writes a staged output back to the caller's operand.
-  void write_back(const memory& staged, const Operand& user) const {
-    if (reorder) oneapi::execute(*reorder, {{DNNL_ARG_FROM, staged}, {DNNL_ARG_TO, user.memory()}});
+  // Writes a staged output back to the caller's tensor (bound by bind() on this call).
+  void write_back(const oneapi::PlanMemories& mem) const {
+    if (reorder) oneapi::execute(*reorder, {{DNNL_ARG_FROM, mem.at(2 * slot + 1)}, {DNNL_ARG_TO, mem.at(2 * slot)}});
   }
 };
 
@@ -109,6 +113,7 @@ dnnl::convolution_forward::primitive_desc forward_pd(prop kind, const Operand& s
 struct ForwardPlan {
   dnnl::convolution_forward primitive;
   Staging src, weights, dst;
+  std::optional<Staging> bias;  // never reordered
 };
 
 Status can_implement(const Conv2dArgs&) { return oneapi::available(); }
@@ -135,16 +140,19 @@ Status forward_run(const Conv2dArgs& args) {
   return oneapi::guarded("convolution forward", [&] {
     auto plan = cache.get(plan_key("conv_fwd", {&src, &weights, bias ? &*bias : nullptr, &dst}, args.params), [&] {
       const auto pd = forward_pd(prop::forward_inference, src, weights, bias ? &*bias : nullptr, dst, g);
-      return ForwardPlan{dnnl::convolution_forward(pd), Staging(src, pd.src_desc(), true),
-                         Staging(weights, pd.weights_desc(), true), Staging(dst, pd.dst_desc(), false)};
+      ForwardPlan made{dnnl::convolution_forward(pd), Staging(0, src, pd.src_desc(), true),
+                       Staging(1, weights, pd.weights_desc(), true), Staging(2, dst, pd.dst_desc(), false), {}};
+      if (bias) made.bias = Staging(3, *bias, pd.bias_desc(), true);
+      return made;
     });
+    oneapi::PlanMemories& mem = oneapi::thread_memories(plan);
     oneapi::Workspace ws;
-    const memory in = plan->src.bind(src, true, ws), wt = plan->weights.bind(weights, true, ws),
-                 out = plan->dst.bind(dst, false, ws);
-    std::unordered_map<int, memory> exec_args = {{DNNL_ARG_SRC, in}, {DNNL_ARG_WEIGHTS, wt}, {DNNL_ARG_DST, out}};
-    if (bias) exec_args.emplace(DNNL_ARG_BIAS, bias->memory());
+    std::unordered_map<int, memory> exec_args = {{DNNL_ARG_SRC, plan->src.bind(src, true, ws, mem)},
+                                                 {DNNL_ARG_WEIGHTS, plan->weights.bind(weights, true, ws, mem)},
+                                                 {DNNL_ARG_DST, plan->dst.bind(dst, false, ws, mem)}};
+    if (bias) exec_args.emplace(DNNL_ARG_BIAS, plan->bias->bind(*bias, true, ws, mem));
     oneapi::execute(plan->primitive, exec_args);
-    plan->dst.write_back(out, dst);
+    plan->dst.write_back(mem);
   });
 }
 
@@ -156,6 +164,7 @@ struct BackwardDataPlan {
 struct BackwardWeightsPlan {
   dnnl::convolution_backward_weights primitive;
   Staging src, diff_dst, diff_weights;
+  std::optional<Staging> diff_bias;
 };
 
 Status backward_data(const Operand& diff_dst, const Operand& weights, const Operand& diff_src, const Geometry& g,
@@ -170,14 +179,16 @@ Status backward_data(const Operand& diff_dst, const Operand& weights, const Oper
                                                                g.padding_l, g.padding_r, hint);
       };
       const auto pd = in_caller_layouts(diff_src, diff_dst, make);
-      return BackwardDataPlan{dnnl::convolution_backward_data(pd), Staging(diff_dst, pd.diff_dst_desc(), true),
-                              Staging(weights, pd.weights_desc(), true), Staging(diff_src, pd.diff_src_desc(), false)};
+      return BackwardDataPlan{dnnl::convolution_backward_data(pd), Staging(0, diff_dst, pd.diff_dst_desc(), true),
+                              Staging(1, weights, pd.weights_desc(), true),
+                              Staging(2, diff_src, pd.diff_src_desc(), false)};
     });
+    oneapi::PlanMemories& mem = oneapi::thread_memories(plan);
     oneapi::Workspace ws;
-    const memory dd = plan->diff_dst.bind(diff_dst, true, ws), wt = plan->weights.bind(weights, true, ws),
-                 ds = plan->diff_src.bind(diff_src, false, ws);
-    oneapi::execute(plan->primitive, {{DNNL_ARG_DIFF_DST, dd}, {DNNL_ARG_WEIGHTS, wt}, {DNNL_ARG_DIFF_SRC, ds}});
-    plan->diff_src.write_back(ds, diff_src);
+    oneapi::execute(plan->primitive, {{DNNL_ARG_DIFF_DST, plan->diff_dst.bind(diff_dst, true, ws, mem)},
+                                      {DNNL_ARG_WEIGHTS, plan->weights.bind(weights, true, ws, mem)},
+                                      {DNNL_ARG_DIFF_SRC, plan->diff_src.bind(diff_src, false, ws, mem)}});
+    plan->diff_src.write_back(mem);
   });
 }
 
@@ -198,18 +209,22 @@ Status backward_weights(const Operand& src, const Operand& diff_dst, const Opera
             g.strides, g.dilates, g.padding_l, g.padding_r, hint);
       };
       const auto pd = in_caller_layouts(src, diff_dst, make);
-      return BackwardWeightsPlan{dnnl::convolution_backward_weights(pd), Staging(src, pd.src_desc(), true),
-                                 Staging(diff_dst, pd.diff_dst_desc(), true),
-                                 Staging(dw, pd.diff_weights_desc(), false)};
+      BackwardWeightsPlan made{dnnl::convolution_backward_weights(pd), Staging(0, src, pd.src_desc(), true),
+                               Staging(1, diff_dst, pd.diff_dst_desc(), true),
+                               Staging(2, dw, pd.diff_weights_desc(), false), {}};
+      if (diff_bias) made.diff_bias = Staging(3, *diff_bias, pd.diff_bias_desc(), false);
+      return made;
     });
+    oneapi::PlanMemories& mem = oneapi::thread_memories(plan);
     oneapi::Workspace ws;
     if (!diff_weights) dw.data = ws.get(size_t(dw.numel()) * dtype_size(dw.dtype));
-    const memory in = plan->src.bind(src, true, ws), dd = plan->diff_dst.bind(diff_dst, true, ws),
-                 dwt = plan->diff_weights.bind(dw, false, ws);
-    std::unordered_map<int, memory> exec_args = {{DNNL_ARG_SRC, in}, {DNNL_ARG_DIFF_DST, dd}, {DNNL_ARG_DIFF_WEIGHTS, dwt}};
-    if (diff_bias) exec_args.emplace(DNNL_ARG_DIFF_BIAS, diff_bias->memory());
+    std::unordered_map<int, memory> exec_args = {{DNNL_ARG_SRC, plan->src.bind(src, true, ws, mem)},
+                                                 {DNNL_ARG_DIFF_DST, plan->diff_dst.bind(diff_dst, true, ws, mem)},
+                                                 {DNNL_ARG_DIFF_WEIGHTS, plan->diff_weights.bind(dw, false, ws, mem)}};
+    if (diff_bias) exec_args.emplace(DNNL_ARG_DIFF_BIAS, plan->diff_bias->bind(*diff_bias, false, ws, mem));
     oneapi::execute(plan->primitive, exec_args);
-    plan->diff_weights.write_back(dwt, dw);
+    plan->diff_weights.write_back(mem);
+    if (diff_bias) plan->diff_bias->write_back(mem);
   });
 }
 
