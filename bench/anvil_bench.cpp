@@ -14,6 +14,7 @@
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <fstream>
@@ -130,6 +131,57 @@ void register_library_row(const std::string& name, double flops, std::function<b
   })->Unit(benchmark::kMillisecond)->UseRealTime();
 }
 
+// An anvil kernel and a reference library alternated call by call (the order flips every
+// pair), so that both see the same machine state. Medians of separate rows on a shared
+// 2-vCPU machine drift by several percent between runs, which hides the few-percent goals
+// (oneapi >= 0.98x the oneDNN primitive called directly); the ratio of each pair does
+// not. Counters: paired_ratio (reference time / anvil time, the median over the pairs of
+// one repetition), anvil_ms and reference_ms (medians); compare.py prints them as a row
+// "<anvil kernel> vs <reference> (paired)". Both calls' first results are checked first.
+void register_paired_row(const std::string& op_shape, const std::string& kernel, const std::string& reference,
+                         std::function<bool(std::string*)> check, std::function<anvil::Status()> anvil_call,
+                         std::function<std::function<void()>()> make_reference) {
+  const std::string name = op_shape + "paired:" + kernel + " vs " + reference;
+  benchmark::RegisterBenchmark(name.c_str(), [=](benchmark::State& state) {
+    anvil::ScopedOverrides force({"", kernel});
+    std::string why;
+    if (!anvil_call().ok() || !check(&why)) return state.SkipWithError(("anvil: wrong result: " + why).c_str());
+    const std::function<void()> reference_call = make_reference();
+    reference_call();
+    if (!check(&why)) return state.SkipWithError((reference + ": wrong result: " + why).c_str());
+    using clock = std::chrono::steady_clock;
+    const auto timed = [](const auto& call) {
+      const auto start = clock::now();
+      call();
+      return std::chrono::duration<double>(clock::now() - start).count();
+    };
+    std::vector<double> anvil_s, reference_s, ratios;
+    bool anvil_first = true;
+    for (auto _ : state) {
+      double a, r;
+      if (anvil_first) {
+        a = timed([&] { benchmark::DoNotOptimize(anvil_call()); });
+        r = timed(reference_call);
+      } else {
+        r = timed(reference_call);
+        a = timed([&] { benchmark::DoNotOptimize(anvil_call()); });
+      }
+      anvil_first = !anvil_first;
+      state.SetIterationTime(a);
+      anvil_s.push_back(a);
+      reference_s.push_back(r);
+      ratios.push_back(r / a);
+    }
+    const auto median = [](std::vector<double> v) {
+      std::nth_element(v.begin(), v.begin() + std::ptrdiff_t(v.size() / 2), v.end());
+      return v[v.size() / 2];
+    };
+    state.counters["paired_ratio"] = median(ratios);
+    state.counters["anvil_ms"] = 1e3 * median(anvil_s);
+    state.counters["reference_ms"] = 1e3 * median(reference_s);
+  })->Unit(benchmark::kMillisecond)->UseManualTime();
+}
+
 // ------------------------------------------------------------------ GEMM
 struct GemmData {
   int64_t m, n, k;
@@ -177,9 +229,12 @@ void register_gemm() {
     }
     const auto check = [data](std::string* why) { return data->check(why); };
 #ifdef ANVIL_BENCH_ONEDNN
-    register_library_row("gemm/" + shape + "/onednn", flops, check, [=] {
-      return anvil::bench::onednn_matmul(m, n, k, data->a.data(), data->b.data(), data->c.data());
-    });
+    const auto onednn = [=] { return anvil::bench::onednn_matmul(m, n, k, data->a.data(), data->b.data(), data->c.data()); };
+    register_library_row("gemm/" + shape + "/onednn", flops, check, onednn);
+    for (const std::string& kernel : kernels_to_time(data->args()))
+      if (kernel.find(".oneapi.") != std::string::npos)
+        register_paired_row("gemm/" + shape + "/", kernel, "onednn", check,
+                            [=, args = data->args()] { return anvil::gemm(args); }, onednn);
 #endif
 #ifdef ANVIL_BENCH_OPENBLAS
     register_library_row("gemm/" + shape + "/openblas", flops, check, [=]() -> std::function<void()> {
@@ -336,11 +391,19 @@ void register_conv2d() {
         })->Unit(benchmark::kMillisecond)->UseRealTime();
       }
 #ifdef ANVIL_BENCH_ONEDNN
-      for (bool prepacked : {false, true})
-        register_library_row(prefix + (prepacked ? "onednn-prepacked" : "onednn"), flops, check, [=] {
+      const auto onednn = [=](bool prepacked) {
+        return [=] {
           return anvil::bench::onednn_conv_nhwc(n, c, h, w, k, r, s, stride, pad, d->in.data(), d->wt.data(),
                                                 d->out.data(), prepacked);
-        });
+        };
+      };
+      for (bool prepacked : {false, true})
+        register_library_row(prefix + (prepacked ? "onednn-prepacked" : "onednn"), flops, check, onednn(prepacked));
+      // anvil's oneapi conv reorders the caller's weights every call, as the unpacked row does.
+      for (const std::string& kernel : kernels_to_time(args()))
+        if (kernel.find(".oneapi.") != std::string::npos)
+          register_paired_row(prefix, kernel, "onednn", check, [=, call = args()] { return anvil::conv2d(call); },
+                              onednn(false));
 #endif
     }
 }

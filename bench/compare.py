@@ -7,6 +7,8 @@ Benchmarks are named <op>/<shape>/<implementation>; implementations starting wit
 ratio = median time of the reference library / median time of anvil (> 1: anvil faster).
 --reference-impl makes the anvil kernels whose name matches REGEX (e.g. "cpu\\.|reference$")
 references too, so that one backend is rated against another backend or anvil's reference.
+Rows named "<op>/<shape>/paired:<kernel> vs <reference>" alternate the two call by call
+(anvil-bench's register_paired_row); their ratio is the median pair ratio.
 Ratios, never absolute times, are compared with the baseline, so noisy machines do not
 flake the gate.
 
@@ -23,24 +25,42 @@ from collections import defaultdict
 
 
 def medians(path):
-    """Median time and median FLOP/s per benchmark, the errors, and the run's context."""
+    """Median time and median FLOP/s per benchmark, the paired rows, the errors, and the run's context."""
     with open(path) as f:
         data = json.load(f)
     times = defaultdict(list)
     flops = defaultdict(list)
+    paired = defaultdict(lambda: defaultdict(list))
     errors = {}
     for b in data["benchmarks"]:
         if b.get("run_type") == "aggregate":
             continue
-        name = b.get("run_name", b["name"]).replace("/real_time", "")
+        name = b.get("run_name", b["name"]).replace("/real_time", "").replace("/manual_time", "")
         if b.get("error_occurred"):
             errors[name] = b.get("error_message", "error")
+            continue
+        if "paired_ratio" in b:
+            for counter in ("paired_ratio", "anvil_ms", "reference_ms"):
+                paired[name][counter].append(b[counter])
             continue
         times[name].append(b["real_time"])
         if "FLOPS" in b:
             flops[name].append(b["FLOPS"])
     med_flops = {k: statistics.median(v) for k, v in flops.items()}
-    return {k: statistics.median(v) for k, v in times.items()}, errors, data.get("context", {}), med_flops
+    med_paired = {k: {c: statistics.median(v) for c, v in counters.items()} for k, counters in paired.items()}
+    return {k: statistics.median(v) for k, v in times.items()}, errors, data.get("context", {}), med_flops, med_paired
+
+
+def paired_rows(med_paired):
+    """Rows of the paired benchmarks ("<op>/<shape>/paired:<kernel> vs <reference>"): the
+    median over repetitions of each repetition's median pair ratio."""
+    rows = []
+    for name, c in sorted(med_paired.items()):
+        op, shape, impl = name.split("/", 2)
+        kernel, reference = impl[len("paired:"):].split(" vs ", 1)
+        rows.append((op, shape, "anvil:" + kernel, reference + " (paired)", c["anvil_ms"], c["reference_ms"],
+                     c["paired_ratio"]))
+    return rows
 
 
 def ratio_rows(med, reference_impl=None):
@@ -81,10 +101,10 @@ def main():
     p.add_argument("--reference-impl", help="regex: anvil kernels that count as references")
     a = p.parse_args()
 
-    med, errors, ctx, flops = medians(a.json)
+    med, errors, ctx, flops, med_paired = medians(a.json)
     peak = {k: v for k, v in flops.items() if k.startswith("peak/")}
     med = {k: v for k, v in med.items() if not k.startswith("peak/")}
-    rows = ratio_rows(med, a.reference_impl)
+    rows = sorted(ratio_rows(med, a.reference_impl) + paired_rows(med_paired))
     print(f"machine: {ctx.get('host_name', '?')}, {ctx.get('num_cpus', '?')} CPUs @ {ctx.get('mhz_per_cpu', '?')} MHz"
           + (f", OpenBLAS core {ctx['openblas_core']}" if "openblas_core" in ctx else ""))
     def shown(impl):
