@@ -201,12 +201,15 @@ const dnnl::memory& PlanMemories::bind(int slot, const dnnl::memory::desc& desc,
     handles_[slot] = data;
     return memories_.emplace(slot, dnnl::memory(desc, engine(), data)).first->second;
   }
-  void*& current = handles_[slot];
-  if (current != data) {
-    it->second.set_data_handle(data);
-    current = data;
-  }
+  rebind(slot, data);
   return it->second;
+}
+
+void PlanMemories::rebind(int slot, void* data) {
+  void*& current = handles_.at(slot);
+  if (current == data) return;
+  memories_.at(slot).set_data_handle(data);
+  current = data;
 }
 
 PlanMemories& thread_memories(const std::shared_ptr<const void>& plan) {

@@ -171,6 +171,8 @@ class PlanMemories {
  public:
   // The slot's memory object, now pointing at data.
   const dnnl::memory& bind(int slot, const dnnl::memory::desc& desc, void* data);
+  // A slot bound before, now pointing at data.
+  void rebind(int slot, void* data);
   // A slot bound before.
   const dnnl::memory& at(int slot) const { return memories_.at(slot); }
   // Every slot bound so far, by slot: a primitive's arguments when slots are DNNL_ARG_*.

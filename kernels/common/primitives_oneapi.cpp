@@ -45,20 +45,21 @@ class Bindings {
 class RecentPrimitives {
  public:
   struct Hit {
-    const PrimitiveEntry* entry;
+    const std::shared_ptr<const PrimitiveEntry>* entry;
     PlanMemories* memories;
   };
   std::optional<Hit> find(std::string_view key) const {
     for (const Recent& r : recent_)
-      if (r.entry && r.key == key) return Hit{r.entry.get(), r.memories};
+      if (r.entry && r.key == key) return Hit{&r.entry, r.memories};
     return std::nullopt;
   }
-  void remember(std::string_view key, std::shared_ptr<const PrimitiveEntry> entry, PlanMemories* memories) {
+  Hit remember(std::string_view key, std::shared_ptr<const PrimitiveEntry> entry) {
     Recent& r = recent_[next_];
     next_ = (next_ + 1) % recent_.size();
     r.key.assign(key);
+    r.memories = &thread_memories(entry);
     r.entry = std::move(entry);
-    r.memories = memories;
+    return {&r.entry, r.memories};
   }
 
  private:
@@ -71,33 +72,47 @@ class RecentPrimitives {
   size_t next_ = 0;
 };
 
-// Runs the primitive cached under key (made by make on a miss) on the bound operands.
-// what names the primitive in errors.
+// Runs the primitive cached under key (made by make on a miss) on the bound operands and,
+// when asked, says how to run it again (Replay). what names the primitive in errors.
 template <class Make>
-Status run_cached(const char* what, const Key& key, Make make, const Bindings& bindings, int64_t flops = -1) {
+Status run_cached(const char* what, const Key& key, Make make, const Bindings& bindings, int64_t flops = -1,
+                  Replay* replay = nullptr) {
   static PrimitiveCache<PrimitiveEntry> cache;
   thread_local RecentPrimitives recent;
   return guarded(what, [&] {
     std::optional<RecentPrimitives::Hit> hit = recent.find(key.view());
     if (!hit) {
-      auto entry = cache.get(key, [&] {
+      hit = recent.remember(key.view(), cache.get(key, [&] {
         PrimitiveEntry e{make(), {}};
         for (const Binding& b : bindings) e.arg_descs.emplace_back(b.arg, b.operand->desc());
         return e;
-      });
-      hit = RecentPrimitives::Hit{entry.get(), &thread_memories(entry)};
-      recent.remember(key.view(), std::move(entry), hit->memories);
+      }));
     }
+    const PrimitiveEntry& entry = **hit->entry;
     for (size_t i = 0; i < bindings.size(); ++i)
-      hit->memories->bind(bindings.begin()[i].arg, hit->entry->arg_descs[i].second, bindings.begin()[i].operand->data);
-    execute(hit->entry->primitive, hit->memories->all(), flops);
+      hit->memories->bind(bindings.begin()[i].arg, entry.arg_descs[i].second, bindings.begin()[i].operand->data);
+    execute(entry.primitive, hit->memories->all(), flops);
+    if (replay) {
+      *replay = Replay{*hit->entry, &entry.primitive, hit->memories, {}, bindings.size(), flops};
+      for (size_t i = 0; i < bindings.size(); ++i)
+        replay->handles[i] = {bindings.begin()[i].arg, bindings.begin()[i].operand->data};
+    }
   });
 }
 
 }  // namespace
 
-Status matmul(const Operand& src, const Operand& weights, const Operand& dst, const MatmulEpilogue& epilogue) {
+Status Replay::run() const {
+  return guarded("replayed primitive", [&] {
+    for (size_t i = 0; i < handle_count; ++i) memories->rebind(handles[i].first, handles[i].second);
+    execute(*primitive, memories->all(), flops);
+  });
+}
+
+Status matmul(const Operand& src, const Operand& weights, const Operand& dst, const MatmulEpilogue& epilogue,
+              Replay* replay) {
   const bool scaled = epilogue.alpha != 1.0;
+  if (scaled) replay = nullptr;  // alpha is bound from this stack frame
   Key key("matmul");
   key.add(src).add(weights).add(dst).add(epilogue.beta).add(int64_t(scaled));
   if (epilogue.bias) key.add(*epilogue.bias);
@@ -114,7 +129,7 @@ Status matmul(const Operand& src, const Operand& weights, const Operand& dst, co
     attr.set_post_ops(post);
     const memory::desc bias = epilogue.bias ? epilogue.bias->desc() : memory::desc();
     return dnnl::matmul(dnnl::matmul::primitive_desc(engine(), src.desc(), weights.desc(), bias, dst.desc(), attr));
-  }, bindings, 2 * dst.numel() * src.dims[src.dims.size() - 1]);
+  }, bindings, 2 * dst.numel() * src.dims[src.dims.size() - 1], replay);
 }
 
 Status reduce_sum(const Operand& src, const Operand& dst) {

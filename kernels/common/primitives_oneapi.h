@@ -5,21 +5,41 @@
 
 #pragma once
 
+#include <array>
 #include <optional>
+#include <utility>
 
 #include "backends/oneapi/oneapi_runtime.h"
 
 namespace anvil::oneapi {
 
+// One primitive run, as it can be run again on this thread: a caller that repeats a call
+// with the very same operands (data pointers included) skips building its key and finding
+// its plan. The handles are bound again on each run (a no-op unless another call of the
+// same plan moved them). Holds the plan, so its memory objects stay valid.
+struct Replay {
+  std::shared_ptr<const void> plan;
+  const dnnl::primitive* primitive = nullptr;
+  PlanMemories* memories = nullptr;
+  std::array<std::pair<int, void*>, 6> handles{};  // (DNNL_ARG_*, data)
+  size_t handle_count = 0;
+  int64_t flops = -1;
+
+  explicit operator bool() const { return primitive != nullptr; }
+  Status run() const;
+};
+
 // dst = alpha * src @ weights (+ bias) + beta * dst, over matching leading (batch) dims,
 // where a dim of 1 in src or weights broadcasts. Accumulates in f32; beta == 0 does not
-// read dst. bias has dst's rank with every dim but the last 1.
+// read dst. bias has dst's rank with every dim but the last 1. replay, when given and
+// alpha is 1, receives how to run the same call again.
 struct MatmulEpilogue {
   double alpha = 1.0;
   double beta = 0.0;
   std::optional<Operand> bias;
 };
-Status matmul(const Operand& src, const Operand& weights, const Operand& dst, const MatmulEpilogue& epilogue = {});
+Status matmul(const Operand& src, const Operand& weights, const Operand& dst, const MatmulEpilogue& epilogue = {},
+              Replay* replay = nullptr);
 
 // dst = src with its dims of size 1 in dst summed over (f32 accumulation).
 Status reduce_sum(const Operand& src, const Operand& dst);

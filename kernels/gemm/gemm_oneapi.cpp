@@ -6,6 +6,9 @@
 // beta a sum post-op, so bias is not scaled: c = alpha * a @ b + bias + beta * c.
 // A gradient of an operand broadcast over the batch is a matmul into an f32 workspace
 // per batch entry followed by a reduction primitive.
+#include <cstring>
+#include <type_traits>
+
 #include "dispatch/kernel_record.h"
 #include "kernels/common/primitives_oneapi.h"
 #include "kernels/gemm/gemm_desc.h"
@@ -50,7 +53,20 @@ Operand matmul_ready(const Operand& op, oneapi::Workspace& ws) {
 Status can_implement(const GemmArgs&) { return oneapi::available(); }
 Status can_implement_backward(const GemmBackwardArgs&) { return oneapi::available(); }
 
+// The calling thread's last call that ran as one matmul on the caller's own memory: the
+// same argument bytes (pointers included) run that primitive again with its memory
+// objects still bound, skipping the operand, key and plan lookups (~0.2 us of a 4 us
+// 64^3 matmul).
+struct LastCall {
+  alignas(GemmArgs) unsigned char args[sizeof(GemmArgs)];
+  oneapi::Replay replay;
+};
+static_assert(std::is_trivially_copyable_v<GemmArgs>);
+
 Status forward(const GemmArgs& args) {
+  thread_local LastCall last;
+  if (last.replay && std::memcmp(last.args, &args, sizeof args) == 0) return last.replay.run();
+  last.replay = {};
   const auto s = gemm_desc::shape_of(args);
   if (s.batch == 0 || s.m == 0 || s.n == 0) return Status::Ok();
   oneapi::MatmulEpilogue epilogue{args.alpha, args.beta, std::nullopt};
@@ -66,8 +82,19 @@ Status forward(const GemmArgs& args) {
       ANVIL_RETURN_IF_ERROR(oneapi::reorder(bias, *epilogue.bias));
     }
   }
-  const Operand a = matmul_ready(matrix3(args.a), ws), b = matmul_ready(matrix3(args.b), ws), c = matrix3(args.c);
-  if (s.k > 0 && (a.dims[0] > 1 || b.dims[0] > 1 || c.dims[0] == 1)) return oneapi::matmul(a, b, c, epilogue);
+  const Operand a_view = matrix3(args.a), b_view = matrix3(args.b);
+  const Operand a = matmul_ready(a_view, ws), b = matmul_ready(b_view, ws), c = matrix3(args.c);
+  if (s.k > 0 && (a.dims[0] > 1 || b.dims[0] > 1 || c.dims[0] == 1)) {
+    // Replayable when nothing was staged in the workspace for this call.
+    const bool in_place = a.data == a_view.data && b.data == b_view.data && (!args.bias || args.bias->dtype == DType::f32);
+    oneapi::Replay replay;
+    ANVIL_RETURN_IF_ERROR(oneapi::matmul(a, b, c, epilogue, in_place ? &replay : nullptr));
+    if (replay) {
+      std::memcpy(last.args, &args, sizeof args);
+      last.replay = std::move(replay);
+    }
+    return Status::Ok();
+  }
   if (s.k > 0) {  // a and b both broadcast over c's batch: oneDNN wants a batch on one of them
     for (int64_t e = 0; e < c.dims[0]; ++e) {
       Operand entry = c;

@@ -8,6 +8,8 @@
 // offsets, NHWC, broadcast batch, masks) rotate across the shapes.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <array>
 #include <cmath>
 
 #include "tests/cpp/test_support.h"
@@ -98,6 +100,68 @@ void run_gemm_sweep(const std::string& kernel, Values values) {
     const bool zeros_expected = m == 0 || n == 0 || k == 0 || batch == 0;
     expect_result(count, r, values, 2.0, zeros_expected,
                   repro(kernel, dtype, specs, seed, "alpha=" + std::to_string(alpha) + " beta=" + std::to_string(beta)));
+  }
+}
+
+// Repeated calls may reuse a validated selection (dispatch) or a bound primitive (oneapi);
+// each call must still read and write its own buffers. With n = k = 1 the backward's
+// grad_a product (grad_c @ b^T) has the forward's descriptors, so a backend that caches
+// per descriptor shares one plan between the two and must rebind it.
+TEST_P(GemmKernel, RepeatedCallsFollowTheirBuffers) {
+  const std::string kernel = GetParam();
+  SKIP_UNLESS_AVAILABLE(kernel);
+  if (dtype_of_kernel(kernel) != DType::f32) GTEST_SKIP() << "f32 kernels cover the call path";
+  const std::string backend = kernel.substr(9, kernel.find('.', 9) - 9);  // "gemm.f32.<backend>.<name>"
+  const auto& infos = backends();
+  const auto info = std::find_if(infos.begin(), infos.end(), [&](const BackendInfo& b) { return b.name == backend; });
+  ASSERT_NE(info, infos.end());
+  if (std::find(info->device_types.begin(), info->device_types.end(), DeviceType::host) == info->device_types.end())
+    GTEST_SKIP() << backend << " does not run on host memory";
+  for (const auto& [m, n, k] : {std::array<int64_t, 3>{5, 1, 1}, std::array<int64_t, 3>{16, 16, 16}}) {
+    SCOPED_TRACE(std::to_string(m) + "x" + std::to_string(n) + "x" + std::to_string(k));
+    struct Set {
+      std::vector<float> a, b, c;
+    };
+    const auto make_set = [&](float base) {
+      Set s{std::vector<float>(size_t(m * k)), std::vector<float>(size_t(k * n)), std::vector<float>(size_t(m * n), NAN)};
+      for (size_t i = 0; i < s.a.size(); ++i) s.a[i] = base + float(i % 5);
+      for (size_t i = 0; i < s.b.size(); ++i) s.b[i] = float(i % 3) - 1;
+      return s;
+    };
+    Set one = make_set(1), two = make_set(-4);
+    const auto args = [&](Set& s) {
+      return GemmArgs{TensorRef::contiguous(s.a.data(), DType::f32, {m, k}),
+                      TensorRef::contiguous(s.b.data(), DType::f32, {k, n}),
+                      TensorRef::contiguous(s.c.data(), DType::f32, {m, n})};
+    };
+    const auto expect_product = [&](const Set& s, const char* step) {
+      for (int64_t i = 0; i < m; ++i)
+        for (int64_t j = 0; j < n; ++j) {
+          double want = 0;
+          for (int64_t p = 0; p < k; ++p) want += double(s.a[size_t(i * k + p)]) * double(s.b[size_t(p * n + j)]);
+          ASSERT_EQ(s.c[size_t(i * n + j)], float(want)) << step << " at (" << i << ", " << j << ")";
+        }
+    };
+    ScopedOverrides force({"", kernel});
+    ScopedOverrides force_backend_too({backend, kernel});  // the backward runs on the same backend
+    ASSERT_TRUE(gemm(args(one)).ok());
+    expect_product(one, "first call");
+    ASSERT_TRUE(gemm(args(two)).ok());
+    expect_product(two, "other buffers");
+    ASSERT_TRUE(gemm(args(one)).ok());
+    expect_product(one, "first buffers again");
+    std::vector<float> grad_a(size_t(m * k), NAN);
+    GemmBackwardArgs backward{args(two).a, args(two).b, TensorRef::contiguous(two.c.data(), DType::f32, {m, n})};
+    backward.grad_a = TensorRef::contiguous(grad_a.data(), DType::f32, {m, k});
+    if (const Status s = gemm_backward(backward); !s.ok()) EXPECT_EQ(s.code(), StatusCode::unsupported) << s.message();
+    std::fill(one.c.begin(), one.c.end(), NAN);
+    ASSERT_TRUE(gemm(args(one)).ok());
+    expect_product(one, "the same call, after a backward on other buffers");
+    one.a[0] += 7;  // same buffers, new contents
+    ASSERT_TRUE(gemm(args(one)).ok());
+    expect_product(one, "changed contents");
+    ASSERT_TRUE(gemm(args(one)).ok());
+    expect_product(one, "the same call again");
   }
 }
 
