@@ -205,13 +205,6 @@ const dnnl::memory& PlanMemories::bind(int slot, const dnnl::memory::desc& desc,
   return it->second;
 }
 
-void PlanMemories::rebind(int slot, void* data) {
-  void*& current = handles_.at(slot);
-  if (current == data) return;
-  memories_.at(slot).set_data_handle(data);
-  current = data;
-}
-
 PlanMemories& thread_memories(const std::shared_ptr<const void>& plan) {
   struct Slot {
     std::weak_ptr<const void> owner;

@@ -172,7 +172,20 @@ class PlanMemories {
   // The slot's memory object, now pointing at data.
   const dnnl::memory& bind(int slot, const dnnl::memory::desc& desc, void* data);
   // A slot bound before, now pointing at data.
-  void rebind(int slot, void* data);
+  void rebind(int slot, void* data) { handle(slot).point_at(data); }
+
+  // A bound slot's memory object and current data, stable while the plan's memories live:
+  // a replay repoints it without looking the slot up.
+  struct Handle {
+    dnnl::memory* memory = nullptr;
+    void** current = nullptr;
+    void point_at(void* data) const {
+      if (*current == data) return;
+      memory->set_data_handle(data);
+      *current = data;
+    }
+  };
+  Handle handle(int slot) { return {&memories_.at(slot), &handles_.at(slot)}; }
   // A slot bound before.
   const dnnl::memory& at(int slot) const { return memories_.at(slot); }
   // Every slot bound so far, by slot: a primitive's arguments when slots are DNNL_ARG_*.

@@ -95,7 +95,7 @@ Status run_cached(const char* what, const Key& key, Make make, const Bindings& b
     if (replay) {
       *replay = Replay{*hit->entry, &entry.primitive, hit->memories, {}, bindings.size(), flops};
       for (size_t i = 0; i < bindings.size(); ++i)
-        replay->handles[i] = {bindings.begin()[i].arg, bindings.begin()[i].operand->data};
+        replay->handles[i] = {hit->memories->handle(bindings.begin()[i].arg), bindings.begin()[i].operand->data};
     }
   });
 }
@@ -104,7 +104,7 @@ Status run_cached(const char* what, const Key& key, Make make, const Bindings& b
 
 Status Replay::run() const {
   return guarded("replayed primitive", [&] {
-    for (size_t i = 0; i < handle_count; ++i) memories->rebind(handles[i].first, handles[i].second);
+    for (size_t i = 0; i < handle_count; ++i) handles[i].first.point_at(handles[i].second);
     execute(*primitive, memories->all(), flops);
   });
 }

@@ -20,8 +20,8 @@ namespace anvil::oneapi {
 struct Replay {
   std::shared_ptr<const void> plan;
   const dnnl::primitive* primitive = nullptr;
-  PlanMemories* memories = nullptr;
-  std::array<std::pair<int, void*>, 6> handles{};  // (DNNL_ARG_*, data)
+  const PlanMemories* memories = nullptr;
+  std::array<std::pair<PlanMemories::Handle, void*>, 6> handles{};  // (argument's memory, data)
   size_t handle_count = 0;
   int64_t flops = -1;
 
