@@ -1,5 +1,6 @@
 // AVX-512 pieces of the cpu attention (compiled with the AVX-512 flags): the online-softmax
-// update of one (rows, cols) score block, with a vectorised exp.
+// update of one score block (by rows, or by columns for a transposed block), with a
+// vectorised exp.
 #include <immintrin.h>
 
 #include <cmath>
@@ -76,6 +77,57 @@ void softmax_block_avx512(float* s, int64_t ld, int64_t rows, int64_t cols, floa
     corr[i] = c;
     l[i] = l[i] * c + _mm512_reduce_add_ps(vsum);
     m[i] = m_new;
+  }
+}
+
+// The same update for a block stored transposed: s holds `keys` rows of `lanes` query
+// columns (row stride ld), one column per query, so that 16 queries share each vector
+// operation. Per column: m' = max(m, column max), s <- exp(s - m'), l <- l * exp(m - m')
+// + column sum, corr = exp(m - m'); a column whose m' is -inf keeps P = 0 and corr = 1; a
+// NaN score makes its column NaN.
+void softmax_columns_avx512(float* s, int64_t ld, int64_t keys, int64_t lanes, float* m, float* l, float* corr) {
+  const __m512 neg_inf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  const __m512 nan = _mm512_set1_ps(std::numeric_limits<float>::quiet_NaN());
+  for (int64_t j = 0; j < lanes; j += kVector) {
+    const __mmask16 mk = tail_mask(lanes - j);
+    const __m512 m_old = _mm512_mask_loadu_ps(neg_inf, mk, m + j);
+    __m512 vmax = m_old;
+    __mmask16 has_nan = _mm512_cmp_ps_mask(m_old, m_old, _CMP_UNORD_Q);
+    for (int64_t r = 0; r < keys; ++r) {
+      const __m512 v = _mm512_mask_loadu_ps(neg_inf, mk, s + r * ld + j);
+      has_nan |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+      vmax = _mm512_max_ps(vmax, v);
+    }
+    const __m512 m_new = _mm512_mask_mov_ps(vmax, has_nan, nan);
+    const __mmask16 none_yet = _mm512_cmp_ps_mask(m_new, neg_inf, _CMP_EQ_OQ);
+    // exp(-inf - 0) = 0: a column with nothing attended gets P = 0.
+    const __m512 shift = _mm512_mask_mov_ps(m_new, none_yet, _mm512_setzero_ps());
+    __m512 vsum = _mm512_setzero_ps();
+    for (int64_t r = 0; r < keys; ++r) {
+      float* row = s + r * ld + j;
+      const __m512 p = exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(mk, row), shift));
+      _mm512_mask_storeu_ps(row, mk, p);
+      vsum = _mm512_add_ps(vsum, p);
+    }
+    // exp(m - m') is 0 for m = -inf < m'; 1 where both are -inf (their difference is NaN).
+    const __m512 c = _mm512_mask_mov_ps(exp512(_mm512_sub_ps(m_old, m_new)), none_yet, _mm512_set1_ps(1.0f));
+    _mm512_mask_storeu_ps(corr + j, mk, c);
+    _mm512_mask_storeu_ps(l + j, mk, _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mk, l + j), c, vsum));
+    _mm512_mask_storeu_ps(m + j, mk, m_new);
+  }
+}
+
+// o[r][j] *= corr[j] for `rows` rows of `lanes` columns (row stride ld): the transposed
+// output block's rescale after a softmax block moved its columns' maxima.
+void rescale_columns_avx512(float* o, int64_t ld, int64_t rows, int64_t lanes, const float* corr) {
+  for (int64_t j = 0; j < lanes; j += kVector) {
+    const __mmask16 mk = tail_mask(lanes - j);
+    const __m512 c = _mm512_maskz_loadu_ps(mk, corr + j);
+    if (_mm512_cmp_ps_mask(c, _mm512_set1_ps(1.0f), _CMP_NEQ_UQ) == 0) continue;  // nothing moved
+    for (int64_t r = 0; r < rows; ++r) {
+      float* row = o + r * ld + j;
+      _mm512_mask_storeu_ps(row, mk, _mm512_mul_ps(_mm512_maskz_loadu_ps(mk, row), c));
+    }
   }
 }
 
