@@ -32,6 +32,7 @@ namespace anvil::cpu_attention {
 void softmax_block_avx512(float* s, int64_t ld, int64_t rows, int64_t cols, float* m, float* l, float* corr);
 void softmax_columns_avx512(float* s, int64_t ld, int64_t keys, int64_t lanes, float* m, float* l, float* corr);
 void rescale_columns_avx512(float* o, int64_t ld, int64_t rows, int64_t lanes, const float* corr);
+void softmax_grad_rows_avx512(const float* p, float* ds, int64_t ld, int64_t rows, int64_t cols, const float* d, float scale);
 void exp_rows_avx512(float* s, int64_t ld, int64_t rows, int64_t cols, const float* shift);
 
 namespace {
@@ -39,13 +40,14 @@ namespace {
 using cpu_gemm::MicroKernel;
 using cpu_gemm::Tile;
 
-// Backward blocks (queries x keys).
-constexpr int64_t kBlockQ = 96;   // query rows per work item: 8 slivers of MR = 12
-constexpr int64_t kBlockK = 256;  // keys per softmax block; S is (96, 256) f32 = 96 KiB (L2)
 // Forward blocks, in micro-kernel tiles: 3 query tiles of NR, 20 key slivers of MR
 // (96 x 240 scores in f32 = 90 KiB, L2).
 constexpr int64_t kQueryTiles = 3;
 constexpr int64_t kKeySlivers = 20;
+// Backward blocks: 8 query slivers of MR by 8 key tiles of NR (96 x 256 on AVX-512; P and
+// dP are 96 KiB each in f32, L2).
+constexpr int64_t kBackwardQuerySlivers = 8;
+constexpr int64_t kBackwardKeyTiles = 8;
 
 // Row `base` of t's last dim (count elements) as f32: in place when t is f32 with unit
 // stride there, else converted into tmp.
@@ -71,8 +73,9 @@ struct ForwardKv {
       : e(sh.head_dim), ev(sh.value_dim), lk(sh.seq_k), mr(mr_), key_slivers((lk + mr - 1) / mr),
         dim_slivers((ev + mr - 1) / mr) {
     const int64_t heads = sh.batch * sh.kv_heads;
-    k = static_cast<float*>(cpu::scratch(size_t(heads * key_slivers * e * mr) * sizeof(float), 0));
-    vt = static_cast<float*>(cpu::scratch(size_t(heads * dim_slivers * lk * mr) * sizeof(float), 1));
+    // At least one line each: an empty call (no batch, no keys) still gets a valid buffer.
+    k = static_cast<float*>(cpu::scratch(std::max<size_t>(size_t(heads * key_slivers * e * mr) * sizeof(float), 64), 0));
+    vt = static_cast<float*>(cpu::scratch(std::max<size_t>(size_t(heads * dim_slivers * lk * mr) * sizeof(float), 64), 1));
     if (!k || !vt) return;
 #pragma omp parallel num_threads(threads)
     {
@@ -101,50 +104,6 @@ struct ForwardKv {
   const float* k_at(int64_t bh, int64_t k0) const { return k + (bh * key_slivers + k0 / mr) * e * mr; }
   const float* vt_at(int64_t bh, int64_t s, int64_t k0) const { return vt + ((bh * dim_slivers + s) * lk + k0) * mr; }
 };
-
-// Packs rows [0, rows) x [0, depth) of a row-major f32 matrix (row stride ld) into micro-
-// kernel A slivers: sliver s holds (depth, MR) with rows s*MR .., zero-padded.
-void pack_a(const float* src, int64_t ld, int64_t rows, int64_t depth, int64_t mr, float* dst) {
-  for (int64_t s = 0; s * mr < rows; ++s)
-    for (int64_t k = 0; k < depth; ++k)
-      for (int64_t i = 0; i < mr; ++i) {
-        const int64_t row = s * mr + i;
-        *dst++ = row < rows ? src[row * ld + k] : 0.0f;
-      }
-}
-
-// Like pack_a for A = src^T: A(row, k) = src[k * ld + row].
-void pack_a_transposed(const float* src, int64_t ld, int64_t rows, int64_t depth, int64_t mr, float* dst) {
-  for (int64_t s = 0; s * mr < rows; ++s)
-    for (int64_t k = 0; k < depth; ++k)
-      for (int64_t i = 0; i < mr; ++i) {
-        const int64_t row = s * mr + i;
-        *dst++ = row < rows ? src[k * ld + row] : 0.0f;
-      }
-}
-
-// C (rows x cols, ldc) = alpha * A B + beta * C over micro-kernel tiles; A packed by
-// pack_a with `depth` columns, B row-major f32 with row stride ldb (streamed, unpacked).
-void tiles(const MicroKernel& mk, const float* a_packed, int64_t rows, int64_t depth, const float* b, int64_t ldb,
-           int64_t cols, float* c, int64_t ldc, float alpha, float beta) {
-  for (int64_t ir = 0; ir * mk.mr < rows; ++ir)
-    for (int64_t jr = 0; jr * mk.nr < cols; ++jr) {
-      Tile t;
-      t.kc = depth;
-      t.a = a_packed + ir * mk.mr * depth;
-      t.b = b + jr * mk.nr;
-      t.b_stride = ldb;
-      t.b_packed = false;
-      t.c = c + ir * mk.mr * ldc + jr * mk.nr;
-      t.ldc = ldc;
-      t.m = int(std::min<int64_t>(mk.mr, rows - ir * mk.mr));
-      t.n = int(std::min<int64_t>(mk.nr, cols - jr * mk.nr));
-      t.alpha = alpha;
-      t.beta = beta;
-      t.bias = nullptr;
-      mk.run(t);
-    }
-}
 
 // Scores of query rows q0 .. q0 + rows (head h of batch b) against keys k0 .. k0 + cols:
 // causal entries (j > i) and false boolean-mask entries become -inf, an additive mask is
@@ -201,56 +160,6 @@ struct Masking {
     }
   }
 };
-
-// K and V of every (batch, kv head) in f32, in the layouts the micro-kernels stream:
-// K^T (E, Lk) and V (Lk, Ev) for the forward; the backward also needs K (Lk, E) and
-// V^T (Ev, Lk). Packed once per call and shared by the kv head's query heads.
-struct PackedKv {
-  int64_t e, ev, lk;
-  std::vector<float> kt, v, k, vt;
-
-  PackedKv(const TensorRef& kref, const TensorRef& vref, const attention_desc::Shape& sh, bool backward, int threads)
-      : e(sh.head_dim), ev(sh.value_dim), lk(sh.seq_k) {
-    const int64_t heads = sh.batch * sh.kv_heads;
-    kt.resize(size_t(heads * e * lk));
-    v.resize(size_t(heads * lk * ev));
-    if (backward) {
-      k.resize(kt.size());
-      vt.resize(v.size());
-    }
-#pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t bh = 0; bh < heads; ++bh) {
-      const int64_t b = bh / sh.kv_heads, h = bh % sh.kv_heads;
-      for (int64_t j = 0; j < lk; ++j) {
-        const int64_t kbase = b * kref.strides[0] + h * kref.strides[1] + j * kref.strides[2];
-        for (int64_t x = 0; x < e; ++x) {
-          const float val = cpu_elements::load(kref, kbase + x * kref.strides[3]);
-          kt[size_t((bh * e + x) * lk + j)] = val;
-          if (backward) k[size_t((bh * lk + j) * e + x)] = val;
-        }
-        const int64_t vbase = b * vref.strides[0] + h * vref.strides[1] + j * vref.strides[2];
-        for (int64_t x = 0; x < ev; ++x) {
-          const float val = cpu_elements::load(vref, vbase + x * vref.strides[3]);
-          v[size_t((bh * lk + j) * ev + x)] = val;
-          if (backward) vt[size_t((bh * ev + x) * lk + j)] = val;
-        }
-      }
-    }
-  }
-  const float* kt_of(int64_t bh) const { return kt.data() + bh * e * lk; }
-  const float* v_of(int64_t bh) const { return v.data() + bh * lk * ev; }
-  const float* k_of(int64_t bh) const { return k.data() + bh * lk * e; }
-  const float* vt_of(int64_t bh) const { return vt.data() + bh * ev * lk; }
-};
-
-// Rows q0 .. q0 + rows of a (B, H, L, D) tensor at (b, h), as row-major f32 (rows, D).
-void load_rows(const TensorRef& t, int64_t b, int64_t h, int64_t q0, int64_t rows, float* dst) {
-  const int64_t d = t.shape[3];
-  for (int64_t i = 0; i < rows; ++i) {
-    const int64_t base = b * t.strides[0] + h * t.strides[1] + (q0 + i) * t.strides[2];
-    for (int64_t x = 0; x < d; ++x) dst[i * d + x] = cpu_elements::load(t, base + x * t.strides[3]);
-  }
-}
 
 Status forward(const AttentionArgs& args) {
   const auto sh = attention_desc::shape_of(args.q, args.k, args.v);
@@ -346,21 +255,117 @@ Status forward(const AttentionArgs& args) {
   return Status::Ok();
 }
 
+// Packs a (lanes, depth) matrix into micro-kernel slivers of `width` lanes: sliver s holds
+// (depth, width), the value of (lane r, step x) at [s][x][r % width]. With width MR that is
+// an A operand (lanes = rows of the product); with width NR a B operand (lanes = columns).
+// row(i) returns source row i as f32: a lane (lanes_are_rows) or a depth step. Lanes past
+// `lanes` are left as they are (zero in a fresh buffer; no tile reads them).
+template <class Row>
+void pack_slivers(int64_t lanes, int64_t depth, int64_t width, bool lanes_are_rows, float* dst, const Row& row) {
+  if (lanes_are_rows) {
+    for (int64_t r = 0; r < lanes; ++r) {
+      const float* src = row(r);
+      float* d = dst + (r / width) * depth * width + r % width;
+      for (int64_t x = 0; x < depth; ++x) d[x * width] = src[x];
+    }
+    return;
+  }
+  for (int64_t x = 0; x < depth; ++x) {
+    const float* src = row(x);
+    for (int64_t s = 0; s * width < lanes; ++s) {
+      float* d = dst + (s * depth + x) * width;
+      const int64_t n = std::min(width, lanes - s * width);
+      for (int64_t r = 0; r < n; ++r) d[r] = src[s * width + r];
+    }
+  }
+}
+
+// Every operand of the backward's products, packed once per call so that each block's
+// product reads packed slivers only. Per (batch, head): Q and dO as A slivers of MR
+// queries (depth E, Ev) and Q^T, dO^T as A slivers of MR dims (depth Lq). Per (batch, kv
+// head): K^T and V^T as B slivers of NR keys (depth E, Ev) and K as B slivers of NR dims
+// (depth Lk). Query blocks start at multiples of MR and key blocks at multiples of NR, so
+// a block is a contiguous run of slivers, or a contiguous range of a sliver.
+// All of them live in the calling thread's cpu scratch (slot 0): no allocation or page
+// faults per call; lanes past the edges are never read, so nothing is cleared.
+struct BackwardOperands {
+  int64_t mr, nr, lq, lk, e, ev;
+  int64_t q_slab, qt_slab, go_slab, got_slab, kt_slab, vt_slab, k_slab;
+  float *q = nullptr, *qt = nullptr, *go = nullptr, *got = nullptr, *kt = nullptr, *vt = nullptr, *k = nullptr;
+
+  static int64_t up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+  BackwardOperands(const AttentionBackwardArgs& args, const attention_desc::Shape& sh, int64_t mr_, int64_t nr_,
+                   int threads)
+      : mr(mr_), nr(nr_), lq(sh.seq_q), lk(sh.seq_k), e(sh.head_dim), ev(sh.value_dim),
+        q_slab(up(lq, mr) * e), qt_slab(up(e, mr) * lq), go_slab(up(lq, mr) * ev), got_slab(up(ev, mr) * lq),
+        kt_slab(up(lk, nr) * e), vt_slab(up(lk, nr) * ev), k_slab(up(e, nr) * lk) {
+    const int64_t heads = sh.batch * sh.heads, kv_heads = sh.batch * sh.kv_heads;
+    const int64_t total = heads * (q_slab + qt_slab + go_slab + got_slab) + kv_heads * (kt_slab + vt_slab + k_slab);
+    float* base = static_cast<float*>(cpu::scratch(std::max<size_t>(size_t(total) * sizeof(float), 64), 0));
+    if (!base) return;
+    q = base;
+    qt = q + heads * q_slab;
+    go = qt + heads * qt_slab;
+    got = go + heads * go_slab;
+    kt = got + heads * got_slab;
+    vt = kt + kv_heads * kt_slab;
+    k = vt + kv_heads * vt_slab;
+    const auto rows_of = [](const TensorRef& t, int64_t b, int64_t h, int64_t count, float* tmp) {
+      return [&t, b, h, count, tmp](int64_t i) {
+        return f32_row(t, b * t.strides[0] + h * t.strides[1] + i * t.strides[2], count, tmp);
+      };
+    };
+#pragma omp parallel num_threads(threads)
+    {
+      std::vector<float> tmp(size_t(std::max(e, ev)));
+#pragma omp for schedule(static) nowait
+      for (int64_t bh = 0; bh < heads; ++bh) {
+        const int64_t b = bh / sh.heads, h = bh % sh.heads;
+        pack_slivers(lq, e, mr, true, q + bh * q_slab, rows_of(args.q, b, h, e, tmp.data()));
+        pack_slivers(e, lq, mr, false, qt + bh * qt_slab, rows_of(args.q, b, h, e, tmp.data()));
+        pack_slivers(lq, ev, mr, true, go + bh * go_slab, rows_of(args.grad_out, b, h, ev, tmp.data()));
+        pack_slivers(ev, lq, mr, false, got + bh * got_slab, rows_of(args.grad_out, b, h, ev, tmp.data()));
+      }
+#pragma omp for schedule(static)
+      for (int64_t bh = 0; bh < kv_heads; ++bh) {
+        const int64_t b = bh / sh.kv_heads, h = bh % sh.kv_heads;
+        pack_slivers(lk, e, nr, true, kt + bh * kt_slab, rows_of(args.k, b, h, e, tmp.data()));
+        pack_slivers(lk, ev, nr, true, vt + bh * vt_slab, rows_of(args.v, b, h, ev, tmp.data()));
+        pack_slivers(e, lk, nr, false, k + bh * k_slab, rows_of(args.k, b, h, e, tmp.data()));
+      }
+    }
+  }
+  bool ok() const { return q != nullptr; }
+  // A slivers of queries from q0, and sliver s of the transposes from query q0.
+  const float* q_at(int64_t bh, int64_t q0) const { return q + bh * q_slab + q0 * e; }
+  const float* go_at(int64_t bh, int64_t q0) const { return go + bh * go_slab + q0 * ev; }
+  const float* qt_at(int64_t bh, int64_t s, int64_t q0) const { return qt + bh * qt_slab + (s * lq + q0) * mr; }
+  const float* got_at(int64_t bh, int64_t s, int64_t q0) const { return got + bh * got_slab + (s * lq + q0) * mr; }
+  // B slivers of keys from k0, and sliver s of K (NR dims) from key k0.
+  const float* kt_at(int64_t bh, int64_t k0) const { return kt + bh * kt_slab + k0 * e; }
+  const float* vt_at(int64_t bh, int64_t k0) const { return vt + bh * vt_slab + k0 * ev; }
+  const float* k_at(int64_t bh, int64_t s, int64_t k0) const { return k + bh * k_slab + (s * lk + k0) * nr; }
+};
+
 // Backward (FlashAttention-2 order): work items are (batch, kv head, key block), so each
 // owns its rows of dK and dV; for every query head of the kv head's group and every query
-// block that can see the key block:
-//   P  = exp(scale Q K^T (masked) - lse)        dV += P^T dO
-//   dP = dO V^T      dS = scale P (dP - D)      dK += dS^T Q      dQ += dS K
-// with D = rowsum(dO * O). dQ rows are shared between items: each thread accumulates its
-// own copy, summed at the end.
+// block that can see the key block (P and dP held as NR-key tiles of query rows, the
+// layout of a B operand):
+//   P  = exp(scale Q K^T (masked) - lse)      dV^T += dO^T P
+//   dP = dO V^T      dS = scale P (dP - D)    dK^T += Q^T dS      dQ += dS K
+// with D = rowsum(dO * O). Only dS is packed per block (into A slivers, for dQ). dQ rows
+// are shared between items: each thread accumulates its own copy, summed at the end.
 Status backward(const AttentionBackwardArgs& args) {
   const auto sh = attention_desc::shape_of(args.q, args.k, args.v);
   const float scale = float(attention_desc::scale_of(args.scale, sh.head_dim));
   const MicroKernel& mk = *cpu_gemm::micro_kernel_f32_avx512();
-  const int64_t E = sh.head_dim, Ev = sh.value_dim, Lk = sh.seq_k, Lq = sh.seq_q;
+  const int64_t E = sh.head_dim, Ev = sh.value_dim, Lk = sh.seq_k, Lq = sh.seq_q, mr = mk.mr, nr = mk.nr;
+  const int64_t block_q = kBackwardQuerySlivers * mr, block_k = kBackwardKeyTiles * nr;
   const Masking masking(args.mask, args.causal);
   const int threads = cpu::threads_for_call();
-  const PackedKv kv(args.k, args.v, sh, true, threads);
+  const BackwardOperands ops(args, sh, mr, nr, threads);
+  if (!ops.ok()) return {StatusCode::out_of_memory, "cpu attention backward: cannot allocate the packed operands"};
 
   // D = rowsum(dO * O) per query row, and the saved lse, as (B*H, Lq).
   const int64_t q_rows = sh.batch * sh.heads * Lq;
@@ -378,68 +383,108 @@ Status backward(const AttentionBackwardArgs& args) {
     lse[size_t(r)] = args.lse.ptr<const float>()[b * args.lse.strides[0] + h * args.lse.strides[1] + i * args.lse.strides[2]];
   }
 
-  const int64_t k_blocks = (Lk + kBlockK - 1) / kBlockK;
+  const int64_t k_blocks = (Lk + block_k - 1) / block_k;
   const int64_t items = sh.batch * sh.kv_heads * k_blocks;
-  std::vector<std::vector<float>> dq_partial(static_cast<size_t>(threads));
+  const int64_t e_slivers = (E + mr - 1) / mr, ev_slivers = (Ev + mr - 1) / mr, e_tiles = (E + nr - 1) / nr;
+  // Each thread's dQ copy lives in its own cpu scratch (slot 1); a thread that cannot get
+  // one leaves its entry null, and then no thread computes anything.
+  std::vector<float*> dq_partial(static_cast<size_t>(threads), nullptr);
+  std::vector<char> dq_missing(static_cast<size_t>(threads), 0);
+  bool dq_allocated = true;
 #pragma omp parallel num_threads(threads)
   {
 #ifdef _OPENMP
-    std::vector<float>& dq = dq_partial[size_t(omp_get_thread_num())];
+    const size_t me = size_t(omp_get_thread_num());
 #else
-    std::vector<float>& dq = dq_partial[0];
+    const size_t me = 0;
 #endif
-    dq.assign(size_t(q_rows * E), 0.0f);
-    const int64_t q_slivers = (kBlockQ + mk.mr - 1) / mk.mr, k_slivers = (kBlockK + mk.mr - 1) / mk.mr;
-    const int64_t depth = std::max(std::max(E, Ev), kBlockK);
-    std::vector<float> q(size_t(kBlockQ * E)), go(size_t(kBlockQ * Ev));
-    std::vector<float> p(size_t(kBlockQ * kBlockK)), dp(size_t(kBlockQ * kBlockK));
-    std::vector<float> a_rows(size_t(std::max(q_slivers, k_slivers) * mk.mr * depth));
-    std::vector<float> dk(size_t(kBlockK * E)), dv(size_t(kBlockK * Ev));
+    float* dq = static_cast<float*>(cpu::scratch(std::max<size_t>(size_t(q_rows * E) * sizeof(float), 64), 1));
+    if (dq) std::fill(dq, dq + q_rows * E, 0.0f);
+    dq_partial[me] = dq;
+    dq_missing[me] = dq == nullptr;
+#pragma omp barrier
+#pragma omp single
+    for (char missing : dq_missing) dq_allocated = dq_allocated && !missing;
+    // (the single's barrier: every thread sees the same answer)
+    if (dq_allocated) {
+    // P and dP (then dS) as key tiles: tile t holds (block_q, NR), row stride NR.
+    std::vector<float> p(static_cast<size_t>(block_k * block_q)), dp(static_cast<size_t>(block_k * block_q));
+    std::vector<float> ds_a(static_cast<size_t>(block_q * block_k));  // dS as A slivers of MR queries
+    std::vector<float> dkt(static_cast<size_t>(e_slivers * mr * block_k)), dvt(static_cast<size_t>(ev_slivers * mr * block_k));
+    const auto tile = [&](const float* a, int64_t kc, const float* b, float* c, int64_t ldc, int64_t rows, int64_t cols,
+                          float alpha, float beta) {
+      Tile t;
+      t.kc = kc;
+      t.a = a;
+      t.b = b;
+      t.b_stride = nr;
+      t.b_packed = true;
+      t.c = c;
+      t.ldc = ldc;
+      t.m = int(rows);
+      t.n = int(cols);
+      t.alpha = alpha;
+      t.beta = beta;
+      t.bias = nullptr;
+      mk.run(t);
+    };
 #pragma omp for schedule(dynamic)
     for (int64_t item = 0; item < items; ++item) {
       const int64_t b = item / (sh.kv_heads * k_blocks), kvh = item / k_blocks % sh.kv_heads, kb = item % k_blocks;
-      const int64_t bh_kv = b * sh.kv_heads + kvh, k0 = kb * kBlockK, cols = std::min(kBlockK, Lk - k0);
-      std::fill(dk.begin(), dk.end(), 0.0f);
-      std::fill(dv.begin(), dv.end(), 0.0f);
+      const int64_t bh_kv = b * sh.kv_heads + kvh, k0 = kb * block_k, keys = std::min(block_k, Lk - k0);
+      const int64_t key_tiles = (keys + nr - 1) / nr;
+      std::fill(dkt.begin(), dkt.end(), 0.0f);
+      std::fill(dvt.begin(), dvt.end(), 0.0f);
       for (int64_t h = kvh * sh.group(); h < (kvh + 1) * sh.group(); ++h)
-        for (int64_t q0 = args.causal ? k0 / kBlockQ * kBlockQ : 0; q0 < Lq; q0 += kBlockQ) {  // causal: rows >= k0
-          const int64_t rows = std::min(kBlockQ, Lq - q0), row0 = (b * sh.heads + h) * Lq + q0;
-          load_rows(args.q, b, h, q0, rows, q.data());
-          load_rows(args.grad_out, b, h, q0, rows, go.data());
-          // P = exp(scale Q K^T (masked) - lse)
-          pack_a(q.data(), E, rows, E, mk.mr, a_rows.data());
-          tiles(mk, a_rows.data(), rows, E, kv.kt_of(bh_kv) + k0, Lk, cols, p.data(), kBlockK, scale, 0.0f);
-          masking.apply(p.data(), kBlockK, b, h, q0, rows, k0, cols);
-          exp_rows_avx512(p.data(), kBlockK, rows, cols, lse.data() + row0);
-          // dV += P^T dO
-          pack_a_transposed(p.data(), kBlockK, cols, rows, mk.mr, a_rows.data());
-          tiles(mk, a_rows.data(), cols, rows, go.data(), Ev, Ev, dv.data(), Ev, 1.0f, 1.0f);
-          // dP = dO V^T;  dS = scale P (dP - D), kept in dp
-          pack_a(go.data(), Ev, rows, Ev, mk.mr, a_rows.data());
-          tiles(mk, a_rows.data(), rows, Ev, kv.vt_of(bh_kv) + k0, Lk, cols, dp.data(), kBlockK, 1.0f, 0.0f);
-          for (int64_t i = 0; i < rows; ++i) {
-            const float di = d[size_t(row0 + i)];
-            float* dsr = dp.data() + i * kBlockK;
-            const float* pr = p.data() + i * kBlockK;
-            for (int64_t j = 0; j < cols; ++j) dsr[j] = scale * pr[j] * (dsr[j] - di);
+        for (int64_t q0 = args.causal ? k0 / block_q * block_q : 0; q0 < Lq; q0 += block_q) {  // causal: rows >= k0
+          const int64_t rows = std::min(block_q, Lq - q0), bh = b * sh.heads + h, row0 = bh * Lq + q0;
+          const int64_t q_slivers = (rows + mr - 1) / mr;
+          for (int64_t t = 0; t < key_tiles; ++t) {
+            const int64_t cols = std::min(nr, keys - t * nr);
+            float* pt = p.data() + t * block_q * nr;
+            float* dpt = dp.data() + t * block_q * nr;
+            // P = exp(scale Q K^T (masked) - lse);  dP = dO V^T
+            for (int64_t s = 0; s < q_slivers; ++s) {
+              const int64_t m = std::min(mr, rows - s * mr);
+              tile(ops.q_at(bh, q0) + s * mr * E, E, ops.kt_at(bh_kv, k0) + t * nr * E, pt + s * mr * nr, nr, m, cols,
+                   scale, 0.0f);
+              tile(ops.go_at(bh, q0) + s * mr * Ev, Ev, ops.vt_at(bh_kv, k0) + t * nr * Ev, dpt + s * mr * nr, nr, m,
+                   cols, 1.0f, 0.0f);
+            }
+            masking.apply(pt, nr, b, h, q0, rows, k0 + t * nr, cols);
+            exp_rows_avx512(pt, nr, rows, cols, lse.data() + row0);
+            // dV^T += dO^T P;  dS = scale P (dP - D), in dp;  dK^T += Q^T dS
+            for (int64_t s = 0; s < ev_slivers; ++s)
+              tile(ops.got_at(bh, s, q0), rows, pt, dvt.data() + s * mr * block_k + t * nr, block_k,
+                   std::min(mr, Ev - s * mr), cols, 1.0f, 1.0f);
+            softmax_grad_rows_avx512(pt, dpt, nr, rows, cols, d.data() + row0, scale);
+            for (int64_t s = 0; s < e_slivers; ++s)
+              tile(ops.qt_at(bh, s, q0), rows, dpt, dkt.data() + s * mr * block_k + t * nr, block_k,
+                   std::min(mr, E - s * mr), cols, 1.0f, 1.0f);
+            // dS into A slivers of MR queries over this block's keys
+            for (int64_t i = 0; i < rows; ++i) {
+              float* dst = ds_a.data() + (i / mr) * keys * mr + t * nr * mr + i % mr;
+              for (int64_t j = 0; j < cols; ++j) dst[j * mr] = dpt[i * nr + j];
+            }
           }
-          // dK += dS^T Q
-          pack_a_transposed(dp.data(), kBlockK, cols, rows, mk.mr, a_rows.data());
-          tiles(mk, a_rows.data(), cols, rows, q.data(), E, E, dk.data(), E, 1.0f, 1.0f);
           // dQ += dS K
-          pack_a(dp.data(), kBlockK, rows, cols, mk.mr, a_rows.data());
-          tiles(mk, a_rows.data(), rows, cols, kv.k_of(bh_kv) + k0 * E, E, E, dq.data() + row0 * E, E, 1.0f, 1.0f);
+          for (int64_t s = 0; s < q_slivers; ++s)
+            for (int64_t et = 0; et < e_tiles; ++et)
+              tile(ds_a.data() + s * keys * mr, keys, ops.k_at(bh_kv, et, k0), dq + (row0 + s * mr) * E + et * nr,
+                   E, std::min(mr, rows - s * mr), std::min(nr, E - et * nr), 1.0f, 1.0f);
         }
-      for (int64_t j = 0; j < cols; ++j) {
-        const TensorRef& gk = args.grad_k;
-        const TensorRef& gv = args.grad_v;
+      const TensorRef& gk = args.grad_k;
+      const TensorRef& gv = args.grad_v;
+      for (int64_t j = 0; j < keys; ++j) {
         const int64_t kbase = b * gk.strides[0] + kvh * gk.strides[1] + (k0 + j) * gk.strides[2];
-        for (int64_t e = 0; e < E; ++e) cpu_elements::store(gk, kbase + e * gk.strides[3], dk[size_t(j * E + e)]);
+        for (int64_t e = 0; e < E; ++e) cpu_elements::store(gk, kbase + e * gk.strides[3], dkt[size_t(e * block_k + j)]);
         const int64_t vbase = b * gv.strides[0] + kvh * gv.strides[1] + (k0 + j) * gv.strides[2];
-        for (int64_t e = 0; e < Ev; ++e) cpu_elements::store(gv, vbase + e * gv.strides[3], dv[size_t(j * Ev + e)]);
+        for (int64_t e = 0; e < Ev; ++e) cpu_elements::store(gv, vbase + e * gv.strides[3], dvt[size_t(e * block_k + j)]);
       }
     }
+    }
   }
+  if (!dq_allocated) return {StatusCode::out_of_memory, "cpu attention backward: cannot allocate dQ workspaces"};
   // dQ: the sum of the threads' partial copies (rows no key block touched stay 0).
   const TensorRef& gq = args.grad_q;
 #pragma omp parallel for num_threads(threads) schedule(static)
@@ -448,8 +493,8 @@ Status backward(const AttentionBackwardArgs& args) {
     const int64_t base = b * gq.strides[0] + h * gq.strides[1] + i * gq.strides[2];
     for (int64_t e = 0; e < E; ++e) {
       float sum = 0.0f;
-      for (const auto& part : dq_partial)
-        if (!part.empty()) sum += part[size_t(r * E + e)];
+      for (const float* part : dq_partial)
+        if (part) sum += part[size_t(r * E + e)];
       cpu_elements::store(gq, base + e * gq.strides[3], sum);
     }
   }

@@ -153,4 +153,19 @@ void exp_rows_avx512(float* s, int64_t ld, int64_t rows, int64_t cols, const flo
   }
 }
 
+// ds_ij <- scale * p_ij * (ds_ij - d_i) for `rows` rows of `cols` (row stride ld): the
+// softmax backward of one block, in place in ds (which holds dP).
+void softmax_grad_rows_avx512(const float* p, float* ds, int64_t ld, int64_t rows, int64_t cols, const float* d, float scale) {
+  const __m512 sc = _mm512_set1_ps(scale);
+  for (int64_t i = 0; i < rows; ++i) {
+    const __m512 di = _mm512_set1_ps(d[i]);
+    for (int64_t j = 0; j < cols; j += kVector) {
+      const __mmask16 mk = tail_mask(cols - j);
+      float* x = ds + i * ld + j;
+      const __m512 pv = _mm512_maskz_loadu_ps(mk, p + i * ld + j);
+      _mm512_mask_storeu_ps(x, mk, _mm512_mul_ps(_mm512_mul_ps(sc, pv), _mm512_sub_ps(_mm512_maskz_loadu_ps(mk, x), di)));
+    }
+  }
+}
+
 }  // namespace anvil::cpu_attention

@@ -11,6 +11,8 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <thread>
+#include <utility>
 
 #include "tests/cpp/test_support.h"
 
@@ -103,6 +105,20 @@ void run_gemm_sweep(const std::string& kernel, Values values) {
   }
 }
 
+// The backend part of a kernel name ("gemm.f32.<backend>.<name>"), and whether that
+// backend runs on host memory (the tests below build host buffers).
+std::string backend_of_kernel(const std::string& kernel) {
+  const size_t first = kernel.find('.'), second = kernel.find('.', first + 1), third = kernel.find('.', second + 1);
+  return kernel.substr(second + 1, third - second - 1);
+}
+bool runs_on_host(const std::string& kernel) {
+  const std::string backend = backend_of_kernel(kernel);
+  for (const BackendInfo& b : backends())
+    if (b.name == backend)
+      return std::find(b.device_types.begin(), b.device_types.end(), DeviceType::host) != b.device_types.end();
+  return false;
+}
+
 // Repeated calls may reuse a validated selection (dispatch) or a bound primitive (oneapi);
 // each call must still read and write its own buffers. With n = k = 1 the backward's
 // grad_a product (grad_c @ b^T) has the forward's descriptors, so a backend that caches
@@ -111,12 +127,8 @@ TEST_P(GemmKernel, RepeatedCallsFollowTheirBuffers) {
   const std::string kernel = GetParam();
   SKIP_UNLESS_AVAILABLE(kernel);
   if (dtype_of_kernel(kernel) != DType::f32) GTEST_SKIP() << "f32 kernels cover the call path";
-  const std::string backend = kernel.substr(9, kernel.find('.', 9) - 9);  // "gemm.f32.<backend>.<name>"
-  const auto& infos = backends();
-  const auto info = std::find_if(infos.begin(), infos.end(), [&](const BackendInfo& b) { return b.name == backend; });
-  ASSERT_NE(info, infos.end());
-  if (std::find(info->device_types.begin(), info->device_types.end(), DeviceType::host) == info->device_types.end())
-    GTEST_SKIP() << backend << " does not run on host memory";
+  const std::string backend = backend_of_kernel(kernel);
+  if (!runs_on_host(kernel)) GTEST_SKIP() << backend << " does not run on host memory";
   for (const auto& [m, n, k] : {std::array<int64_t, 3>{5, 1, 1}, std::array<int64_t, 3>{16, 16, 16}}) {
     SCOPED_TRACE(std::to_string(m) + "x" + std::to_string(n) + "x" + std::to_string(k));
     struct Set {
@@ -366,6 +378,33 @@ TEST_P(AttentionKernel, RelativeTier) {
     expect_result(count, r, Values::normal, 2.0, zeros_expected, repro(kernel, dtype, specs, seed));
   }
 }
+// The first call of a fresh thread may be an empty one (no keys, or no batch): a kernel
+// that keeps per-thread buffers must not take an empty buffer for a failed allocation
+// (found by the fuzzer: its first input ran on a thread whose scratch was still empty).
+TEST_P(AttentionKernel, EmptyCallOnAFreshThread) {
+  const std::string kernel = GetParam();
+  SKIP_UNLESS_AVAILABLE(kernel);
+  if (dtype_of_kernel(kernel) != DType::f32) GTEST_SKIP() << "f32 kernels cover the call path";
+  if (!runs_on_host(kernel)) GTEST_SKIP() << backend_of_kernel(kernel) << " does not run on host memory";
+  for (const auto& [batch, seq_k] : {std::pair<int64_t, int64_t>{1, 0}, {0, 7}}) {
+    std::vector<float> q(size_t(batch * 2 * 5 * 8), 1.0f), kv(size_t(batch * 2 * seq_k * 8) + 1, 1.0f),
+        out(size_t(batch * 2 * 5 * 8), NAN);
+    Status status;
+    std::thread fresh([&] {
+      ScopedOverrides force({"", kernel});
+      AttentionArgs a{TensorRef::contiguous(q.data(), DType::f32, {batch, 2, 5, 8}),
+                      TensorRef::contiguous(kv.data(), DType::f32, {batch, 2, seq_k, 8}),
+                      TensorRef::contiguous(kv.data(), DType::f32, {batch, 2, seq_k, 8}),
+                      TensorRef::contiguous(out.data(), DType::f32, {batch, 2, 5, 8})};
+      status = attention(a);
+    });
+    fresh.join();
+    ASSERT_TRUE(status.ok() || status.code() == StatusCode::unsupported) << status.message();
+    if (status.ok())
+      for (float o : out) EXPECT_EQ(o, 0.0f) << "no keys: every row is fully masked, out = 0";
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(All, AttentionKernel, testing::ValuesIn(kernel_names(Op::attention)), printable);
 
 class AttentionBackwardKernel : public testing::TestWithParam<std::string> {};
