@@ -92,6 +92,21 @@ int64_t Operand::numel() const {
   return n;
 }
 
+bool Operand::overlaps() const {
+  // Dims that step (extent > 1) by increasing stride: each must step over all the smaller ones reach.
+  std::array<size_t, Dims::kCapacity> order{};
+  size_t count = 0;
+  for (size_t i = 0; i < dims.size(); ++i)
+    if (dims[i] > 1) order[count++] = i;
+  std::sort(order.begin(), order.begin() + count, [&](size_t x, size_t y) { return strides[x] < strides[y]; });
+  int64_t reach = 1;
+  for (size_t j = 0; j < count; ++j) {
+    if (strides[order[j]] < reach) return true;
+    reach = strides[order[j]] * dims[order[j]];
+  }
+  return false;
+}
+
 Operand operand_of(const TensorRef& t) {
   Operand op;
   op.dtype = t.dtype;

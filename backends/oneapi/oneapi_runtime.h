@@ -74,6 +74,9 @@ struct Operand {
   dnnl::memory::desc desc() const;
   dnnl::memory memory() const;
   int64_t numel() const;
+  // Whether two elements share an address (a zero stride, or strides that interleave):
+  // oneDNN cannot describe such a view.
+  bool overlaps() const;
 };
 Operand operand_of(const TensorRef& t);
 // A dense row-major operand over `data` (a workspace).

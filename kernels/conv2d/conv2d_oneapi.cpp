@@ -43,6 +43,15 @@ Operand weights_of(const TensorRef& w, int64_t groups) {
 
 Operand bias_of(const TensorRef& b) { return oneapi::operand_of(b); }
 
+// An input view whose elements overlap (torch's expand or as_strided) cannot be described
+// to oneDNN; it is read through a dense copy in ws.
+Operand readable(const Operand& op, oneapi::Workspace& ws) {
+  if (!op.overlaps()) return op;
+  const Operand copy = oneapi::dense(op.dtype, op.dims, ws.get(size_t(op.numel()) * dtype_size(op.dtype)));
+  oneapi::gather_dense(op, copy.data);
+  return copy;
+}
+
 oneapi::Key plan_key(const char* kind, const std::vector<const Operand*>& ops, const Conv2dParams& p) {
   oneapi::Key key(kind);
   for (const Operand* op : ops)
@@ -127,14 +136,16 @@ Status write_bias_only(const Operand& out, const std::optional<TensorRef>& bias)
   return oneapi::add(out, b, out);
 }
 
-Status forward_run(const Conv2dArgs& args) {
+Status forward_body(const Conv2dArgs& args) {
   const auto s = conv2d_desc::shape_of(args.input, args.weight, args.params);
   if (s.n == 0 || s.k == 0 || s.p == 0 || s.q == 0) return Status::Ok();
-  const Operand src = oneapi::operand_of(args.input), dst = oneapi::operand_of(args.output);
+  const Operand dst = oneapi::operand_of(args.output);
   if (s.c == 0) return write_bias_only(dst, args.bias);
-  const Operand weights = weights_of(args.weight, s.groups);
+  oneapi::Workspace inputs;
+  const Operand src = readable(oneapi::operand_of(args.input), inputs);
+  const Operand weights = readable(weights_of(args.weight, s.groups), inputs);
   std::optional<Operand> bias;
-  if (args.bias) bias = bias_of(*args.bias);
+  if (args.bias) bias = readable(bias_of(*args.bias), inputs);
   const Geometry g = geometry_of(s, args.params);
   static oneapi::PrimitiveCache<ForwardPlan> cache;
   return oneapi::guarded("convolution forward", [&] {
@@ -228,10 +239,11 @@ Status backward_weights(const Operand& src, const Operand& diff_dst, const Opera
   });
 }
 
-Status backward_run(const Conv2dBackwardArgs& args) {
+Status backward_body(const Conv2dBackwardArgs& args) {
   const auto s = conv2d_desc::shape_of(args.input, args.weight, args.params);
-  const Operand diff_dst = oneapi::operand_of(args.grad_output);
-  const Operand weights = weights_of(args.weight, s.groups);
+  oneapi::Workspace inputs;
+  const Operand diff_dst = readable(oneapi::operand_of(args.grad_output), inputs);
+  const Operand weights = readable(weights_of(args.weight, s.groups), inputs);
   std::optional<Operand> diff_src, diff_weights, diff_bias;
   if (args.grad_input && args.grad_input->numel() > 0) diff_src = oneapi::operand_of(*args.grad_input);
   if (args.grad_weight && args.grad_weight->numel() > 0) diff_weights = weights_of(*args.grad_weight, s.groups);
@@ -252,9 +264,17 @@ Status backward_run(const Conv2dBackwardArgs& args) {
     return oneapi::reduce_sum(diff_dst, sums);
   }
   if (!diff_weights && !diff_bias) return Status::Ok();
-  const Operand src = oneapi::operand_of(args.input);
+  const Operand src = readable(oneapi::operand_of(args.input), inputs);
   return backward_weights(src, diff_dst, diff_weights ? &*diff_weights : nullptr, diff_bias ? &*diff_bias : nullptr,
                           weights, g, args.params);
+}
+
+// The dense copies of overlapping inputs may fail to allocate: that is a Status.
+Status forward_run(const Conv2dArgs& args) {
+  return oneapi::guarded("convolution", [&] { return forward_body(args); });
+}
+Status backward_run(const Conv2dBackwardArgs& args) {
+  return oneapi::guarded("convolution backward", [&] { return backward_body(args); });
 }
 
 }  // namespace
