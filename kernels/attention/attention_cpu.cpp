@@ -12,7 +12,8 @@
 // (top-left alignment: query i attends keys j <= i, as torch). K and V are packed to f32
 // once per (batch, kv head) and shared by the kv head's query heads (GQA/MQA, no copies per
 // head). Work items (batch, head, query block) are spread over OpenMP threads.
-// The backward keeps rows (queries x keys) and packs its A operands per block.
+// The backward (see backward()) packs every operand once per call, and only dS per block.
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -29,7 +30,6 @@
 
 namespace anvil::cpu_attention {
 
-void softmax_block_avx512(float* s, int64_t ld, int64_t rows, int64_t cols, float* m, float* l, float* corr);
 void softmax_columns_avx512(float* s, int64_t ld, int64_t keys, int64_t lanes, float* m, float* l, float* corr);
 void rescale_columns_avx512(float* o, int64_t ld, int64_t rows, int64_t lanes, const float* corr);
 void softmax_grad_rows_avx512(const float* p, float* ds, int64_t ld, int64_t rows, int64_t cols, const float* d, float scale);
@@ -48,6 +48,26 @@ constexpr int64_t kKeySlivers = 20;
 // dP are 96 KiB each in f32, L2).
 constexpr int64_t kBackwardQuerySlivers = 8;
 constexpr int64_t kBackwardKeyTiles = 8;
+
+// C (rows x cols, row stride ldc) = alpha * A B + beta * C on one micro-kernel tile: A a
+// packed sliver over kc steps, B a packed sliver (row stride NR).
+void packed_tile(const MicroKernel& mk, const float* a, int64_t kc, const float* b, float* c, int64_t ldc, int64_t rows,
+                 int64_t cols, float alpha, float beta) {
+  Tile t;
+  t.kc = kc;
+  t.a = a;
+  t.b = b;
+  t.b_stride = mk.nr;
+  t.b_packed = true;
+  t.c = c;
+  t.ldc = ldc;
+  t.m = int(rows);
+  t.n = int(cols);
+  t.alpha = alpha;
+  t.beta = beta;
+  t.bias = nullptr;
+  mk.run(t);
+}
 
 // Row `base` of t's last dim (count elements) as f32: in place when t is f32 with unit
 // stride there, else converted into tmp.
@@ -185,22 +205,7 @@ Status forward(const AttentionArgs& args) {
     std::vector<float> m(static_cast<size_t>(block_q)), l(static_cast<size_t>(block_q)),
         corr(static_cast<size_t>(block_q));
     const auto tile = [&](const float* a, int64_t kc, const float* b, float* c, int64_t rows, int64_t cols, float alpha,
-                          float beta) {
-      Tile t;
-      t.kc = kc;
-      t.a = a;
-      t.b = b;
-      t.b_stride = nr;
-      t.b_packed = true;
-      t.c = c;
-      t.ldc = nr;
-      t.m = int(rows);
-      t.n = int(cols);
-      t.alpha = alpha;
-      t.beta = beta;
-      t.bias = nullptr;
-      mk.run(t);
-    };
+                          float beta) { packed_tile(mk, a, kc, b, c, nr, rows, cols, alpha, beta); };
 #pragma omp for schedule(dynamic)
     for (int64_t item = 0; item < items; ++item) {
       const int64_t b = item / (sh.heads * q_blocks), h = item / q_blocks % sh.heads, qb = item % q_blocks;
@@ -412,22 +417,7 @@ Status backward(const AttentionBackwardArgs& args) {
     std::vector<float> ds_a(static_cast<size_t>(block_q * block_k));  // dS as A slivers of MR queries
     std::vector<float> dkt(static_cast<size_t>(e_slivers * mr * block_k)), dvt(static_cast<size_t>(ev_slivers * mr * block_k));
     const auto tile = [&](const float* a, int64_t kc, const float* b, float* c, int64_t ldc, int64_t rows, int64_t cols,
-                          float alpha, float beta) {
-      Tile t;
-      t.kc = kc;
-      t.a = a;
-      t.b = b;
-      t.b_stride = nr;
-      t.b_packed = true;
-      t.c = c;
-      t.ldc = ldc;
-      t.m = int(rows);
-      t.n = int(cols);
-      t.alpha = alpha;
-      t.beta = beta;
-      t.bias = nullptr;
-      mk.run(t);
-    };
+                          float alpha, float beta) { packed_tile(mk, a, kc, b, c, ldc, rows, cols, alpha, beta); };
 #pragma omp for schedule(dynamic)
     for (int64_t item = 0; item < items; ++item) {
       const int64_t b = item / (sh.kv_heads * k_blocks), kvh = item / k_blocks % sh.kv_heads, kb = item % k_blocks;

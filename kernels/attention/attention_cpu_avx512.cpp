@@ -1,6 +1,6 @@
 // AVX-512 pieces of the cpu attention (compiled with the AVX-512 flags): the online-softmax
-// update of one score block (by rows, or by columns for a transposed block), with a
-// vectorised exp.
+// update of a transposed score block, with a vectorised exp, and the element-wise steps of
+// the backward.
 #include <immintrin.h>
 
 #include <cmath>
@@ -39,52 +39,12 @@ inline __mmask16 tail_mask(int64_t remaining) {
 
 }  // namespace
 
-// For each of `rows` rows of s (row stride ld, `cols` valid scores): with the running
-// max m and sum l of the row, m' = max(m, max_j s_j), s_j <- exp(s_j - m'),
-// l <- l * exp(m - m') + sum_j s_j, and corr = exp(m - m') (the factor that rescales the
-// row's output accumulator). A row whose m' is -inf (all masked so far) keeps P = 0 and
-// corr = 1; a NaN score makes the row NaN.
-void softmax_block_avx512(float* s, int64_t ld, int64_t rows, int64_t cols, float* m, float* l, float* corr) {
-  const float neg_inf = -std::numeric_limits<float>::infinity();
-  for (int64_t i = 0; i < rows; ++i) {
-    float* row = s + i * ld;
-    __m512 vmax = _mm512_set1_ps(neg_inf);
-    __mmask16 nan = 0;
-    for (int64_t j = 0; j < cols; j += kVector) {
-      const __mmask16 mk = tail_mask(cols - j);
-      const __m512 v = _mm512_mask_loadu_ps(_mm512_set1_ps(neg_inf), mk, row + j);
-      nan |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
-      vmax = _mm512_max_ps(vmax, v);
-    }
-    float block_max = nan ? std::numeric_limits<float>::quiet_NaN() : _mm512_reduce_max_ps(vmax);
-    const float m_old = m[i];
-    const float m_new = std::isnan(block_max) || std::isnan(m_old) ? std::numeric_limits<float>::quiet_NaN()
-                                                                     : std::max(m_old, block_max);
-    if (m_new == neg_inf) {  // nothing attended yet: P = 0
-      for (int64_t j = 0; j < cols; ++j) row[j] = 0.0f;
-      corr[i] = 1.0f;
-      continue;
-    }
-    const __m512 shift = _mm512_set1_ps(m_new);
-    __m512 vsum = _mm512_setzero_ps();
-    for (int64_t j = 0; j < cols; j += kVector) {
-      const __mmask16 mk = tail_mask(cols - j);
-      const __m512 p = exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(mk, row + j), shift));
-      _mm512_mask_storeu_ps(row + j, mk, p);
-      vsum = _mm512_add_ps(vsum, _mm512_maskz_mov_ps(mk, p));
-    }
-    const float c = m_old == neg_inf ? 0.0f : std::exp(m_old - m_new);
-    corr[i] = c;
-    l[i] = l[i] * c + _mm512_reduce_add_ps(vsum);
-    m[i] = m_new;
-  }
-}
-
-// The same update for a block stored transposed: s holds `keys` rows of `lanes` query
-// columns (row stride ld), one column per query, so that 16 queries share each vector
-// operation. Per column: m' = max(m, column max), s <- exp(s - m'), l <- l * exp(m - m')
-// + column sum, corr = exp(m - m'); a column whose m' is -inf keeps P = 0 and corr = 1; a
-// NaN score makes its column NaN.
+// The online-softmax update of a score block stored transposed: s holds `keys` rows of
+// `lanes` query columns (row stride ld), one column per query, so that 16 queries share
+// each vector operation. Per column, with its running max m and sum l: m' = max(m, column
+// max), s <- exp(s - m'), l <- l * exp(m - m') + column sum, corr = exp(m - m') (the factor
+// that rescales the column's output accumulator); a column whose m' is -inf (all masked so
+// far) keeps P = 0 and corr = 1; a NaN score makes its column NaN.
 void softmax_columns_avx512(float* s, int64_t ld, int64_t keys, int64_t lanes, float* m, float* l, float* corr) {
   const __m512 neg_inf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
   const __m512 nan = _mm512_set1_ps(std::numeric_limits<float>::quiet_NaN());
