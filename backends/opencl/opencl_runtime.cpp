@@ -465,6 +465,19 @@ Status host_operands_allowed() {
   return unsupported("host memory: the opencl backend runs on it only when forced (backend or kernel)");
 }
 
+Status operands_usable(std::initializer_list<const TensorRef*> operands) {
+  const TensorRef& lead = **operands.begin();
+  for (const TensorRef* t : operands) {
+    if (t->device.type != DeviceType::opencl && t->device.type != DeviceType::host)
+      return unsupported(std::string("operand on ") + device_type_name(t->device.type) +
+                         " memory (the opencl backend takes opencl buffers or host memory)");
+    if (t->device != lead.device) return invalid_argument("operands are on different devices");
+  }
+  if (lead.device.type == DeviceType::host) ANVIL_RETURN_IF_ERROR(host_operands_allowed());
+  const DeviceInfo* info = nullptr;
+  return device_info(device_of(lead), &info);
+}
+
 Operands::Operands(int device) : device_(device) { status_ = device_context(device, &ctx_); }
 
 Operands::~Operands() {

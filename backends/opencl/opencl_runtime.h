@@ -136,6 +136,10 @@ int device_of(const TensorRef& lead);
 // nor an autotune hook ever picks opencl over the host backends on CPU tensors.
 Status host_operands_allowed();
 
+// The opencl records' device check of one call: every operand on one opencl device or all
+// on host memory (then only when host_operands_allowed()), and that device present.
+Status operands_usable(std::initializer_list<const TensorRef*> operands);
+
 // Binds the tensors of one op call to buffers on one device and, at finish(), makes host
 // outputs visible. Use one per call:
 //   Operands ops(device_of(args.a));  ANVIL_RETURN_IF_ERROR(ops.status());

@@ -114,28 +114,7 @@ inline float hsum(float v) { return v; }
 #endif
 
 // ------------------------------------------------------------------ element access
-#if DTYPE == 0
-typedef float elem_t;
-inline float load_elem(const __global elem_t* p, long i) { return p[i]; }
-inline void store_elem(__global elem_t* p, long i, float v) { p[i] = v; }
-#elif DTYPE == 1
-typedef half elem_t;
-inline float load_elem(const __global elem_t* p, long i) { return vload_half(i, p); }
-inline void store_elem(__global elem_t* p, long i, float v) { vstore_half_rte(v, i, p); }
-#else
-typedef ushort elem_t;
-inline float load_elem(const __global elem_t* p, long i) { return as_float(((uint)p[i]) << 16); }
-// Round to nearest even; NaN stays NaN (quiet bit set), as anvil::to_bfloat16.
-inline void store_elem(__global elem_t* p, long i, float v) {
-  uint u = as_uint(v);
-  if ((u & 0x7fffffffu) > 0x7f800000u) {
-    p[i] = (ushort)((u >> 16) | 0x0040u);
-    return;
-  }
-  u += 0x7fffu + ((u >> 16) & 1u);
-  p[i] = (ushort)(u >> 16);
-}
-#endif
+#include "elements_opencl.cl"
 
 // ------------------------------------------------------------------ packing
 // src (b, h, row, col) transposed in blocks of BK rows: dst[bh][row / BK][col][row % BK]

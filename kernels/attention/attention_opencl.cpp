@@ -190,19 +190,6 @@ Status bind_mask(opencl::Operands& ops, const std::optional<TensorRef>& mask, Ma
 }
 
 // ------------------------------------------------------------------ records
-Status check_devices(std::initializer_list<const TensorRef*> operands) {
-  const TensorRef& lead = **operands.begin();
-  for (const TensorRef* t : operands) {
-    if (t->device.type != DeviceType::opencl && t->device.type != DeviceType::host)
-      return unsupported(std::string("operand on ") + device_type_name(t->device.type) +
-                         " memory (the opencl backend takes opencl buffers or host memory)");
-    if (t->device != lead.device) return invalid_argument("operands are on different devices");
-  }
-  if (lead.device.type == DeviceType::host) ANVIL_RETURN_IF_ERROR(opencl::host_operands_allowed());
-  const opencl::DeviceInfo* info = nullptr;
-  return opencl::device_info(opencl::device_of(lead), &info);
-}
-
 int priority_of(const TensorRef& lead) { return lead.device.type == DeviceType::host ? kHostPriority : kPriority; }
 
 Status check_dims(int device, const TensorRef& q, const TensorRef& k, const TensorRef& v) {
@@ -219,7 +206,7 @@ Status forward_can_implement(const AttentionArgs& args) {
   std::vector<const TensorRef*> operands = {&args.q, &args.k, &args.v, &args.out};
   if (args.lse) operands.push_back(&*args.lse);
   if (args.mask) operands.push_back(&*args.mask);
-  for (const TensorRef* t : operands) ANVIL_RETURN_IF_ERROR(check_devices({&args.q, t}));
+  for (const TensorRef* t : operands) ANVIL_RETURN_IF_ERROR(opencl::operands_usable({&args.q, t}));
   return check_dims(opencl::device_of(args.q), args.q, args.k, args.v);
 }
 
@@ -280,7 +267,7 @@ Status backward_can_implement(const AttentionBackwardArgs& args) {
   std::vector<const TensorRef*> operands = {&args.q,   &args.k,      &args.v,      &args.out,   &args.grad_out,
                                             &args.lse, &args.grad_q, &args.grad_k, &args.grad_v};
   if (args.mask) operands.push_back(&*args.mask);
-  for (const TensorRef* t : operands) ANVIL_RETURN_IF_ERROR(check_devices({&args.q, t}));
+  for (const TensorRef* t : operands) ANVIL_RETURN_IF_ERROR(opencl::operands_usable({&args.q, t}));
   return check_dims(opencl::device_of(args.q), args.q, args.k, args.v);
 }
 

@@ -232,24 +232,11 @@ Status run_grad_weight(opencl::Operands& ops, const Config& cfg, DType dtype, co
 }
 
 // ------------------------------------------------------------------ records
-Status check_devices(std::initializer_list<const TensorRef*> operands) {
-  const TensorRef& lead = **operands.begin();
-  for (const TensorRef* t : operands) {
-    if (t->device.type != DeviceType::opencl && t->device.type != DeviceType::host)
-      return unsupported(std::string("operand on ") + device_type_name(t->device.type) +
-                         " memory (the opencl backend takes opencl buffers or host memory)");
-    if (t->device != lead.device) return invalid_argument("operands are on different devices");
-  }
-  if (lead.device.type == DeviceType::host) ANVIL_RETURN_IF_ERROR(opencl::host_operands_allowed());
-  const opencl::DeviceInfo* info = nullptr;
-  return opencl::device_info(opencl::device_of(lead), &info);
-}
-
 int priority_of(const TensorRef& lead) { return lead.device.type == DeviceType::host ? kHostPriority : kPriority; }
 
 Status forward_can_implement(const Conv2dArgs& args) {
-  ANVIL_RETURN_IF_ERROR(args.bias ? check_devices({&args.input, &args.weight, &args.output, &*args.bias})
-                                  : check_devices({&args.input, &args.weight, &args.output}));
+  ANVIL_RETURN_IF_ERROR(args.bias ? opencl::operands_usable({&args.input, &args.weight, &args.output, &*args.bias})
+                                  : opencl::operands_usable({&args.input, &args.weight, &args.output}));
   Config cfg;
   return config_of_call(opencl::device_of(args.input), &cfg);
 }
@@ -291,7 +278,7 @@ Status backward_can_implement(const Conv2dBackwardArgs& args) {
   std::vector<const TensorRef*> operands = {&args.input, &args.weight, &args.grad_output};
   for (const auto* g : {&args.grad_input, &args.grad_weight, &args.grad_bias})
     if (*g) operands.push_back(&**g);
-  for (const TensorRef* t : operands) ANVIL_RETURN_IF_ERROR(check_devices({&args.input, t}));
+  for (const TensorRef* t : operands) ANVIL_RETURN_IF_ERROR(opencl::operands_usable({&args.input, t}));
   Config cfg;
   return config_of_call(opencl::device_of(args.input), &cfg);
 }

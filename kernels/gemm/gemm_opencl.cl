@@ -80,28 +80,7 @@ __constant long anvil_cold_build = ANVIL_COLD_BUILD;
 #endif
 
 // ------------------------------------------------------------------ element access
-#if DTYPE == 0
-typedef float elem_t;
-inline float load_elem(const __global elem_t* p, long i) { return p[i]; }
-inline void store_elem(__global elem_t* p, long i, float v) { p[i] = v; }
-#elif DTYPE == 1
-typedef half elem_t;
-inline float load_elem(const __global elem_t* p, long i) { return vload_half(i, p); }
-inline void store_elem(__global elem_t* p, long i, float v) { vstore_half_rte(v, i, p); }
-#else
-typedef ushort elem_t;
-inline float load_elem(const __global elem_t* p, long i) { return as_float(((uint)p[i]) << 16); }
-// Round to nearest even; NaN stays NaN (quiet bit set), as anvil::to_bfloat16.
-inline void store_elem(__global elem_t* p, long i, float v) {
-  uint u = as_uint(v);
-  if ((u & 0x7fffffffu) > 0x7f800000u) {
-    p[i] = (ushort)((u >> 16) | 0x0040u);
-    return;
-  }
-  u += 0x7fffu + ((u >> 16) & 1u);
-  p[i] = (ushort)(u >> 16);
-}
-#endif
+#include "elements_opencl.cl"
 
 // ------------------------------------------------------------------ packing
 // One work-item per (reduction index r, panel p, batch b) writes the `width` values of

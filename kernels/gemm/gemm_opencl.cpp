@@ -154,24 +154,11 @@ Status config_of_call(int device, Config* cfg) {
 }
 
 // ------------------------------------------------------------------ records
-Status check_devices(std::initializer_list<const TensorRef*> operands) {
-  const TensorRef& lead = **operands.begin();
-  for (const TensorRef* t : operands) {
-    if (t->device.type != DeviceType::opencl && t->device.type != DeviceType::host)
-      return unsupported(std::string("operand on ") + device_type_name(t->device.type) +
-                         " memory (the opencl backend takes opencl buffers or host memory)");
-    if (t->device != lead.device) return invalid_argument("operands are on different devices");
-  }
-  if (lead.device.type == DeviceType::host) ANVIL_RETURN_IF_ERROR(opencl::host_operands_allowed());
-  const opencl::DeviceInfo* info = nullptr;
-  return opencl::device_info(opencl::device_of(lead), &info);
-}
-
 int priority_of(const TensorRef& lead) { return lead.device.type == DeviceType::host ? kHostPriority : kPriority; }
 
 Status gemm_can_implement(const GemmArgs& args) {
-  ANVIL_RETURN_IF_ERROR(args.bias ? check_devices({&args.a, &args.b, &args.c, &*args.bias})
-                                  : check_devices({&args.a, &args.b, &args.c}));
+  ANVIL_RETURN_IF_ERROR(args.bias ? opencl::operands_usable({&args.a, &args.b, &args.c, &*args.bias})
+                                  : opencl::operands_usable({&args.a, &args.b, &args.c}));
   Config cfg;
   return config_of_call(opencl::device_of(args.a), &cfg);
 }
@@ -188,7 +175,7 @@ Status gemm_backward_can_implement(const GemmBackwardArgs& args) {
   std::vector<const TensorRef*> operands = {&args.a, &args.b, &args.grad_c};
   for (const auto* g : {&args.grad_a, &args.grad_b, &args.grad_bias})
     if (*g) operands.push_back(&**g);
-  for (const TensorRef* t : operands) ANVIL_RETURN_IF_ERROR(check_devices({&args.a, t}));
+  for (const TensorRef* t : operands) ANVIL_RETURN_IF_ERROR(opencl::operands_usable({&args.a, t}));
   Config cfg;
   return config_of_call(opencl::device_of(args.a), &cfg);
 }
