@@ -3,12 +3,11 @@
 //   forward      C[(n,p,q), k]     = sum_(r,s,c)  In[(n,p,q), (r,s,c)] * W[(r,s,c), k]
 //   grad input   dI[(n,h,w), c]    = sum_(r,s,k)  dO[(n,h,w), (r,s,k)] * W[(r,s,k), c]
 //   grad weight  dW[k, (r,s,c)]    = sum_(n,p,q)  dO^T[k, (n,p,q)] * In[(n,p,q), (r,s,c)]
-// per group. The image operands are never materialised (no im2col buffer): the driver's
-// packing gathers their rows straight from the NHWC image, zero where the window hangs
-// over the padding; runs along channels are contiguous copies. 1x1 / stride 1 / no
-// padding forward is a plain GEMM on the image. Inputs that are not f32 NHWC are converted
-// once into f32 NHWC; outputs that are not f32 NHWC are computed in f32 NHWC and written
-// back once, rounding once.
+// per group. The image operands are never materialised (no im2col buffer): they are
+// matrices in runs along channels, read in place by the micro-kernel through one pointer per
+// row and filter tap (a zero run where the window hangs over the padding), or copied from
+// the runs when they are B. Inputs that are not f32 NHWC are converted once into f32 NHWC;
+// outputs that are not f32 NHWC are computed in f32 NHWC and written back once, rounding once.
 #include <algorithm>
 #include <cstring>
 #include <type_traits>
@@ -31,23 +30,26 @@ using cpu_gemm::Term;
 // ------------------------------------------------------------------ layouts
 bool is_f32_nhwc(const TensorRef& t) { return t.dtype == DType::f32 && layout_of(t) == Layout::nhwc; }
 
-// An image as packed f32 NHWC: the tensor itself when it already is, else a converted copy.
+// An image as packed f32 NHWC: the tensor itself when it already is and needs no padding,
+// else a converted copy, `pad_left` and `pad_right` zero columns wider (width w + both).
 struct NhwcImage {
   std::vector<float> copy;
   const float* data;
-  int64_t n, c, h, w;
-  explicit NhwcImage(const TensorRef& t) : n(t.shape[0]), c(t.shape[1]), h(t.shape[2]), w(t.shape[3]) {
-    if (is_f32_nhwc(t)) {
+  int64_t n, c, h, w;  // w: the stored width
+  explicit NhwcImage(const TensorRef& t, int64_t pad_left = 0, int64_t pad_right = 0)
+      : n(t.shape[0]), c(t.shape[1]), h(t.shape[2]), w(t.shape[3] + pad_left + pad_right) {
+    if (is_f32_nhwc(t) && pad_left == 0 && pad_right == 0) {
       data = t.ptr<const float>();
       return;
     }
-    copy.resize(size_t(n * h * w * c));
-    float* out = copy.data();
+    copy.assign(size_t(n * h * w * c), 0.0f);
     for (int64_t in = 0; in < n; ++in)
-      for (int64_t y = 0; y < h; ++y)
-        for (int64_t x = 0; x < w; ++x)
+      for (int64_t y = 0; y < h; ++y) {
+        float* out = copy.data() + ((in * h + y) * w + pad_left) * c;
+        for (int64_t x = 0; x < t.shape[3]; ++x)
           for (int64_t ch = 0; ch < c; ++ch)
             *out++ = cpu_elements::load(t, in * t.strides[0] + ch * t.strides[1] + y * t.strides[2] + x * t.strides[3]);
+      }
     data = copy.data();
   }
 };
@@ -78,108 +80,131 @@ struct NhwcTarget {
   }
 };
 
-// Weight (K, Cg, R, S) of group g as an f32 matrix: rows (r, s, c), columns k (forward
-// B) when rows_are_channels, else rows (r, s, k), columns c (grad-input B). Typed loops
-// with the destination written in order, one pass over the group's weights.
+// Weight (K, Cg, R, S) of group g as the GEMM's B, packed as the f32 micro-kernel's slivers
+// over all of K (cpu_gemm::Matrix::whole_slivers), so that the driver packs nothing: B rows
+// (r, s, c) and columns k (forward) when rows_are_channels, else rows (r, s, k) and
+// columns c (grad input). Sliver j holds columns [j*NR, j*NR + NR), NR floats per B row,
+// zero past the last column. Work goes to threads by (sliver, tap); each reads the NR
+// weight rows of its sliver, which stay in L2 across taps (32 x 4608 floats at res5 3x3),
+// so every weight is fetched from memory once and each output line written once.
 template <class T>
-void pack_weight_typed(const TensorRef& wt, int64_t g, int64_t kg, bool rows_are_channels, float* out) {
-  const int64_t cg = wt.shape[1], r_max = wt.shape[2], s_max = wt.shape[3];
+void pack_weight_typed(const TensorRef& wt, int64_t g, int64_t kg, bool rows_are_channels, int64_t nr, float* out) {
+  const int64_t cg = wt.shape[1], s_max = wt.shape[3], taps = wt.shape[2] * s_max;
   const int64_t sk = wt.strides[0], sc = wt.strides[1], sr = wt.strides[2], ss = wt.strides[3];
+  const int64_t inner = rows_are_channels ? cg : kg, cols = rows_are_channels ? kg : cg;
+  const int64_t inner_stride = rows_are_channels ? sc : sk, col_stride = rows_are_channels ? sk : sc;
+  const int64_t rows = taps * inner, slivers = (cols + nr - 1) / nr;
+  if (rows == 0 || cols == 0) return;  // an empty weight may carry any strides
   const auto f32 = [](const T* p) {
     if constexpr (std::is_same_v<T, float>) return *p;
     else return to_float(*p);
   };
-  // Per filter tap this is a (cg x kg) transpose; 32 x 32 blocks keep both the strided
-  // reads and the writes within cache (a plain loop misses on every read for KCRS weights).
-  constexpr int64_t kBlock = 32;
-  const int64_t rows = rows_are_channels ? cg : kg, cols = rows_are_channels ? kg : cg;
-  const int64_t row_stride = rows_are_channels ? sc : sk, col_stride = rows_are_channels ? sk : sc;
-  if (rows == 0 || cols == 0) return;  // an empty weight may carry any strides
   const T* base = cpu_elements::advance(wt.ptr<const T>(), g * kg * sk);
-  for (int64_t r = 0; r < r_max; ++r)
-    for (int64_t s = 0; s < s_max; ++s) {
-      const T* tap = cpu_elements::advance(base, r * sr + s * ss);
-      float* dst = out + (r * s_max + s) * rows * cols;  // (rows, cols) row-major
-      for (int64_t i0 = 0; i0 < rows; i0 += kBlock)
-        for (int64_t j0 = 0; j0 < cols; j0 += kBlock)
-          for (int64_t i = i0; i < std::min(rows, i0 + kBlock); ++i)
-            for (int64_t j = j0; j < std::min(cols, j0 + kBlock); ++j)
-              dst[i * cols + j] = f32(tap + i * row_stride + j * col_stride);
+  const int threads = rows * cols < (int64_t(1) << 16) ? 1 : cpu::threads_for_call();
+#pragma omp parallel for collapse(2) num_threads(threads) schedule(static)
+  for (int64_t j = 0; j < slivers; ++j)
+    for (int64_t tap = 0; tap < taps; ++tap) {
+      const int64_t lanes = std::min(nr, cols - j * nr);
+      const T* src = cpu_elements::advance(base, (tap / s_max) * sr + (tap % s_max) * ss + j * nr * col_stride);
+      float* dst = out + (j * rows + tap * inner) * nr;
+      for (int64_t i = 0; i < inner; ++i, dst += nr) {
+        for (int64_t l = 0; l < lanes; ++l) dst[l] = f32(src + i * inner_stride + l * col_stride);
+        std::fill(dst + lanes, dst + nr, 0.0f);
+      }
     }
 }
 
-std::vector<float> pack_weight(const TensorRef& wt, int64_t g, int64_t kg, bool rows_are_channels) {
-  std::vector<float> out(size_t(kg * wt.shape[1] * wt.shape[2] * wt.shape[3]));
+// The packed weight of group g in the calling thread's scratch (slot 3; the GEMM driver
+// uses 0-2), or null when it cannot be allocated.
+const float* pack_weight(const TensorRef& wt, int64_t g, int64_t kg, bool rows_are_channels, const MicroKernel& kernel) {
+  const int64_t cols = rows_are_channels ? kg : wt.shape[1], nr = kernel.nr;
+  const int64_t floats = (cols + nr - 1) / nr * nr * wt.shape[2] * wt.shape[3] * (rows_are_channels ? wt.shape[1] : kg);
+  auto* out = static_cast<float*>(cpu::scratch(std::max<size_t>(size_t(floats) * sizeof(float), 64), 3));
+  if (!out) return nullptr;
   switch (wt.dtype) {
-    case DType::f16: pack_weight_typed<float16>(wt, g, kg, rows_are_channels, out.data()); break;
-    case DType::bf16: pack_weight_typed<bfloat16>(wt, g, kg, rows_are_channels, out.data()); break;
-    default: pack_weight_typed<float>(wt, g, kg, rows_are_channels, out.data());
+    case DType::f16: pack_weight_typed<float16>(wt, g, kg, rows_are_channels, nr, out); break;
+    case DType::bf16: pack_weight_typed<bfloat16>(wt, g, kg, rows_are_channels, nr, out); break;
+    default: pack_weight_typed<float>(wt, g, kg, rows_are_channels, nr, out);
   }
   return out;
 }
 
-// ------------------------------------------------------------------ implicit-GEMM gathers
-// Row (n, p, q) of the forward image operand: In[n, p*sh - ph + r*dh, q*sw - pw + s*dw, c0 + c]
-// over columns (r, s, c), c < cg.
-struct WindowGather {
-  const float* image;  // NHWC
-  int64_t h, w, c;     // image extents
-  int64_t c0, cg;      // the group's channels
-  int64_t p, q, r, s;  // output extents and filter size
-  Conv2dParams prm;
+// B of the GEMM: a packed weight.
+Matrix packed_weight(const float* slivers) {
+  Matrix m{slivers, DType::f32, 0, 0};
+  m.whole_slivers = true;
+  return m;
+}
 
-  static void gather(const void* self, int64_t row, int64_t col0, int64_t count, float* dst) {
-    const auto& g = *static_cast<const WindowGather*>(self);
-    const int64_t n = row / (g.p * g.q), op = row / g.q % g.p, oq = row % g.q;
-    int64_t ch = col0 % g.cg, tap = col0 / g.cg;  // tap = r * S + s
-    while (count > 0) {
-      const int64_t r = tap / g.s, s = tap % g.s;
-      const int64_t y = op * g.prm.stride_h - g.prm.pad_h + r * g.prm.dilation_h;
-      const int64_t x = oq * g.prm.stride_w - g.prm.pad_w + s * g.prm.dilation_w;
-      const int64_t run = std::min(g.cg - ch, count);
-      if (y >= 0 && y < g.h && x >= 0 && x < g.w)
-        std::memcpy(dst, g.image + ((n * g.h + y) * g.w + x) * g.c + g.c0 + ch, size_t(run) * sizeof(float));
-      else
-        std::memset(dst, 0, size_t(run) * sizeof(float));
-      dst += run;
-      count -= run;
-      ch = 0;
-      ++tap;
+constexpr const char* kNoWeightScratch = "cpu conv2d: cannot allocate the packed weight";
+
+// ------------------------------------------------------------------ implicit-GEMM runs
+// The image operands are matrices in runs (cpu_gemm::Runs): the micro-kernel reads them in
+// place through one pointer per row and run, a run of zeros standing for the padding.
+
+// Row (n, p, q) of the forward image operand: In[n, p*sh - ph + r*dh, q*sw - pw + s*dw, c0 + c]
+// over columns (r, s, c), c < cg. One run of cg channels per filter tap (r, s); or, when
+// the image is stored padded in W and its runs along (s, c) are contiguous (groups 1,
+// dilation_w 1), one run of S * C per filter row r: a 7x7 stem over 3 channels reads 7 runs
+// of 21 rather than 49 of 3.
+struct ForwardWindows {
+  const float* image;       // NHWC, `w` stored columns, column x_origin holding x = 0
+  int64_t h, w, c, x_origin;
+  int64_t c0;               // the group's first channel
+  int64_t p, q, s;          // output extents, filter width
+  bool runs_are_filter_rows;
+  Conv2dParams prm;
+  const float* zeros;       // one run of zeros
+
+  static void locate(const void* self, int64_t index, int64_t row0, int64_t rows, const float** out) {
+    const auto& g = *static_cast<const ForwardWindows*>(self);
+    const int64_t r = g.runs_are_filter_rows ? index : index / g.s, s = g.runs_are_filter_rows ? 0 : index % g.s;
+    const int64_t dy = r * g.prm.dilation_h - g.prm.pad_h, dx = s * g.prm.dilation_w - g.prm.pad_w + g.x_origin;
+    int64_t n = row0 / (g.p * g.q), op = row0 / g.q % g.p, oq = row0 % g.q;
+    for (int64_t i = 0; i < rows; ++i) {
+      const int64_t y = op * g.prm.stride_h + dy, x = oq * g.prm.stride_w + dx;
+      out[i] = y >= 0 && y < g.h && x >= 0 && x < g.w ? g.image + ((n * g.h + y) * g.w + x) * g.c + g.c0 : g.zeros;
+      if (++oq == g.q) {
+        oq = 0;
+        if (++op == g.p) op = 0, ++n;
+      }
     }
   }
 };
 
 // Row (n, y, x) of the grad-input operand: dO[n, p, q, k0 + k] over columns (r, s, k) where
-// y = p*sh - ph + r*dh (and likewise x) for some output position, else 0.
-struct TransposedWindowGather {
+// y = p*sh - ph + r*dh (and likewise x) for some output position, else 0. One run of kg per
+// filter tap.
+struct TransposedWindows {
   const float* grad;   // NHWC grad_output
   int64_t p, q, k;     // its extents
-  int64_t k0, kg;      // the group's output channels
-  int64_t h, w, r, s;  // input extents and filter size
+  int64_t k0;          // the group's first output channel
+  int64_t h, w, s;     // input extents, filter width
   Conv2dParams prm;
+  const float* zeros;
 
-  static void gather(const void* self, int64_t row, int64_t col0, int64_t count, float* dst) {
-    const auto& g = *static_cast<const TransposedWindowGather*>(self);
-    const int64_t n = row / (g.h * g.w), y = row / g.w % g.h, x = row % g.w;
-    int64_t kk = col0 % g.kg, tap = col0 / g.kg;
-    while (count > 0) {
-      const int64_t r = tap / g.s, s = tap % g.s;
+  static void locate(const void* self, int64_t index, int64_t row0, int64_t rows, const float** out) {
+    const auto& g = *static_cast<const TransposedWindows*>(self);
+    const int64_t r = index / g.s, s = index % g.s;
+    int64_t n = row0 / (g.h * g.w), y = row0 / g.w % g.h, x = row0 % g.w;
+    for (int64_t i = 0; i < rows; ++i) {
       const int64_t num_y = y + g.prm.pad_h - r * g.prm.dilation_h, num_x = x + g.prm.pad_w - s * g.prm.dilation_w;
-      const int64_t run = std::min(g.kg - kk, count);
       const bool hit = num_y >= 0 && num_x >= 0 && num_y % g.prm.stride_h == 0 && num_x % g.prm.stride_w == 0 &&
                        num_y / g.prm.stride_h < g.p && num_x / g.prm.stride_w < g.q;
-      if (hit)
-        std::memcpy(dst, g.grad + ((n * g.p + num_y / g.prm.stride_h) * g.q + num_x / g.prm.stride_w) * g.k + g.k0 + kk,
-                    size_t(run) * sizeof(float));
-      else
-        std::memset(dst, 0, size_t(run) * sizeof(float));
-      dst += run;
-      count -= run;
-      kk = 0;
-      ++tap;
+      out[i] = hit ? g.grad + ((n * g.p + num_y / g.prm.stride_h) * g.q + num_x / g.prm.stride_w) * g.k + g.k0 : g.zeros;
+      if (++x == g.w) {
+        x = 0;
+        if (++y == g.h) y = 0, ++n;
+      }
     }
   }
 };
+
+template <class Windows> Matrix in_runs(const Windows& windows, int64_t run) {
+  Matrix m;
+  m.runs = cpu_gemm::Runs{run, &Windows::locate, &windows};
+  return m;
+}
 
 std::vector<float> bias_f32(const std::optional<TensorRef>& bias, int64_t k) {
   std::vector<float> out;
@@ -190,28 +215,29 @@ std::vector<float> bias_f32(const std::optional<TensorRef>& bias, int64_t k) {
 }
 
 // ------------------------------------------------------------------ ops
+// Runs shorter than this (channels per tap) are worth a W-padded copy of the image, which
+// joins a filter row's taps into one run (ForwardWindows).
+constexpr int64_t kShortRun = 16;
+
 Status forward(const Conv2dArgs& args, const MicroKernel& kernel) {
   const auto sh = conv2d_desc::shape_of(args.input, args.weight, args.params);
   const int64_t cg = sh.c_per_group(), kg = sh.k_per_group(), rows = sh.n * sh.p * sh.q;
-  const NhwcImage in(args.input);
+  const Conv2dParams& prm = args.params;
+  const bool filter_row_runs = sh.groups == 1 && prm.dilation_w == 1 && sh.s > 1 && cg < kShortRun;
+  const int64_t pad_right =
+      filter_row_runs ? std::max<int64_t>(0, (sh.q - 1) * prm.stride_w - prm.pad_w + sh.s - sh.w) : 0;
+  const NhwcImage in(args.input, filter_row_runs ? prm.pad_w : 0, pad_right);
   NhwcTarget out(args.output);
   const std::vector<float> bias = bias_f32(args.bias, sh.k);
-  const Conv2dParams& prm = args.params;
-  const bool pointwise = sh.r == 1 && sh.s == 1 && prm.stride_h == 1 && prm.stride_w == 1 && prm.pad_h == 0 &&
-                         prm.pad_w == 0;
+  const int64_t run = filter_row_runs ? sh.s * cg : cg;
+  const std::vector<float> zeros(static_cast<size_t>(run), 0.0f);
   for (int64_t g = 0; g < sh.groups; ++g) {
-    const std::vector<float> wmat = pack_weight(args.weight, g, kg, true);
-    WindowGather window{in.data, sh.h, sh.w, sh.c, g * cg, cg, sh.p, sh.q, sh.r, sh.s, prm};
-    Matrix a;
-    if (pointwise) {  // the image is the GEMM operand: rows are pixels
-      a = Matrix{cpu_elements::advance(in.data, g * cg), DType::f32, sh.c, 1};
-    } else {
-      a.gather_row = &WindowGather::gather;
-      a.gather_ctx = &window;
-    }
-    const Matrix b{wmat.data(), DType::f32, kg, 1};
+    const float* wmat = pack_weight(args.weight, g, kg, true, kernel);
+    if (!wmat) return {StatusCode::out_of_memory, kNoWeightScratch};
+    const ForwardWindows windows{in.data, sh.h, in.w, sh.c, filter_row_runs ? prm.pad_w : 0, g * cg, sh.p, sh.q,
+                                 sh.s, filter_row_runs, prm, zeros.data()};
     const Output c{cpu_elements::advance(out.data, g * kg), DType::f32, sh.k, rows, kg};
-    ANVIL_RETURN_IF_ERROR(cpu_gemm::run({Term{a, b, sh.r * sh.s * cg}}, c, 1.0f, 0.0f,
+    ANVIL_RETURN_IF_ERROR(cpu_gemm::run({Term{in_runs(windows, run), packed_weight(wmat), sh.r * sh.s * cg}}, c, 1.0f, 0.0f,
                                         bias.empty() ? nullptr : bias.data() + g * kg, 1, kernel));
   }
   out.commit();
@@ -225,15 +251,14 @@ Status backward(const Conv2dBackwardArgs& args, const MicroKernel& kernel) {
   const Conv2dParams& prm = args.params;
   if (args.grad_input) {
     NhwcTarget gi(*args.grad_input);
+    const std::vector<float> zeros(static_cast<size_t>(kg), 0.0f);
     for (int64_t g = 0; g < sh.groups; ++g) {
-      const std::vector<float> wmat = pack_weight(args.weight, g, kg, false);
-      TransposedWindowGather window{grad.data, sh.p, sh.q, sh.k, g * kg, kg, sh.h, sh.w, sh.r, sh.s, prm};
-      Matrix a;
-      a.gather_row = &TransposedWindowGather::gather;
-      a.gather_ctx = &window;
-      const Matrix b{wmat.data(), DType::f32, cg, 1};
+      const float* wmat = pack_weight(args.weight, g, kg, false, kernel);
+      if (!wmat) return {StatusCode::out_of_memory, kNoWeightScratch};
+      const TransposedWindows windows{grad.data, sh.p, sh.q, sh.k, g * kg, sh.h, sh.w, sh.s, prm, zeros.data()};
       const Output c{cpu_elements::advance(gi.data, g * cg), DType::f32, sh.c, sh.n * sh.h * sh.w, cg};
-      ANVIL_RETURN_IF_ERROR(cpu_gemm::run({Term{a, b, sh.r * sh.s * kg}}, c, 1.0f, 0.0f, nullptr, 0, kernel));
+      ANVIL_RETURN_IF_ERROR(cpu_gemm::run({Term{in_runs(windows, kg), packed_weight(wmat), sh.r * sh.s * kg}}, c, 1.0f,
+                                          0.0f, nullptr, 0, kernel));
     }
     gi.commit();
   }
@@ -241,14 +266,13 @@ Status backward(const Conv2dBackwardArgs& args, const MicroKernel& kernel) {
     const NhwcImage in(args.input);
     const TensorRef& gw = *args.grad_weight;
     std::vector<float> dw(size_t(kg * sh.r * sh.s * cg));  // (k, (r, s, c)) of one group
+    const std::vector<float> zeros(static_cast<size_t>(cg), 0.0f);
     for (int64_t g = 0; g < sh.groups; ++g) {
-      WindowGather window{in.data, sh.h, sh.w, sh.c, g * cg, cg, sh.p, sh.q, sh.r, sh.s, prm};
+      const ForwardWindows windows{in.data, sh.h, sh.w, sh.c, 0, g * cg, sh.p, sh.q, sh.s, false, prm, zeros.data()};
       const Matrix a{cpu_elements::advance(grad.data, g * kg), DType::f32, 1, sh.k};  // dO^T: (k, (n,p,q))
-      Matrix b;
-      b.gather_row = &WindowGather::gather;
-      b.gather_ctx = &window;
       const Output c{dw.data(), DType::f32, sh.r * sh.s * cg, kg, sh.r * sh.s * cg};
-      ANVIL_RETURN_IF_ERROR(cpu_gemm::run({Term{a, b, sh.n * sh.p * sh.q}}, c, 1.0f, 0.0f, nullptr, 0, kernel));
+      ANVIL_RETURN_IF_ERROR(
+          cpu_gemm::run({Term{a, in_runs(windows, cg), sh.n * sh.p * sh.q}}, c, 1.0f, 0.0f, nullptr, 0, kernel));
       for (int64_t k = 0; k < kg; ++k)
         for (int64_t r = 0; r < sh.r; ++r)
           for (int64_t s = 0; s < sh.s; ++s)

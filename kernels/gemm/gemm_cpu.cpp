@@ -78,10 +78,22 @@ template <class T> void read_strided(const Matrix& x, int64_t row, int64_t col0,
   }
 }
 
+// Elements (row, col0 .. col0 + count) of a matrix in runs, one copy per run.
+void read_runs(const Runs& runs, int64_t row, int64_t col0, int64_t count, float* dst) {
+  for (int64_t index = col0 / runs.run, offset = col0 % runs.run; count > 0; ++index, offset = 0) {
+    const float* start;
+    runs.locate(runs.ctx, index, row, 1, &start);
+    const int64_t n = std::min(runs.run - offset, count);
+    std::memcpy(dst, start + offset, size_t(n) * sizeof(float));
+    dst += n;
+    count -= n;
+  }
+}
+
 // Elements (row, col0 .. col0 + count) as f32.
 void read_row(const Matrix& x, int64_t row, int64_t col0, int64_t count, float* dst) {
   if (count <= 0) return;  // empty operands may have null data
-  if (x.gather_row) return x.gather_row(x.gather_ctx, row, col0, count, dst);
+  if (x.in_runs()) return read_runs(x.runs, row, col0, count, dst);
   switch (x.dtype) {
     case DType::f16: return read_strided<float16>(x, row, col0, count, dst);
     case DType::bf16: return read_strided<bfloat16>(x, row, col0, count, dst);
@@ -90,7 +102,7 @@ void read_row(const Matrix& x, int64_t row, int64_t col0, int64_t count, float* 
 }
 
 // Elements (row0 .. row0 + count, col) as f32: a column, read as a row of the transpose.
-// Never used on gathered matrices (their gather reads rows only).
+// Never used on matrices in runs (they are found by rows only).
 void read_column(const Matrix& x, int64_t row0, int64_t col, int64_t count, float* dst) {
   Matrix t = x;
   std::swap(t.row_stride, t.col_stride);
@@ -102,7 +114,7 @@ int64_t round_up(int64_t x, int64_t multiple) { return (x + multiple - 1) / mult
 // The bf16 elements of x when they can be copied into bf16 slivers bit for bit (no gather,
 // no conversion); else null.
 const bfloat16* raw_bf16(const Matrix& x, bool bf16_sliver) {
-  return bf16_sliver && x.dtype == DType::bf16 && !x.gather_row ? static_cast<const bfloat16*>(x.data) : nullptr;
+  return bf16_sliver && x.dtype == DType::bf16 && !x.in_runs() ? static_cast<const bfloat16*>(x.data) : nullptr;
 }
 
 // Slivers are stored in the micro-kernel's Packing: (k_steps / group, width, group)
@@ -151,9 +163,9 @@ struct SliverWriter {
 
 // Row-major B (unit column stride) is packed a row of the block at a time (a pair of
 // rows for bf16 pairs): sequential reads of B, split into the slivers' rows.
-// A gathered B (implicit GEMM) is always read by rows: gather_row's (row, col) are B's.
+// B in runs (implicit GEMM) is always read by rows.
 bool packs_by_row(const Matrix& b, const SliverWriter& w) {
-  return (b.gather_row || b.col_stride == 1) && w.packing.group == (w.bf16 ? 2 : 1);
+  return (b.in_runs() || b.col_stride == 1) && w.packing.group == (w.bf16 ? 2 : 1);
 }
 
 // row[2j], row[2j + 1] = even[j], odd[j] for j < cols (SSE2, the driver's baseline ISA).
@@ -244,6 +256,35 @@ void pack_a_sliver(const Matrix& a, int64_t m0, int64_t rows, int64_t k0, const 
       read_row(a, m0 + i, k0, w.kc, tmp);
       w.put_lane(dst, i, tmp);
     }
+  }
+}
+
+// The k block of a term that starts at pc: up to KC, or for A in runs whole runs (a run
+// longer than KC in equal pieces), so that each row of the block is a list of equal runs.
+struct KBlock {
+  int64_t kc;
+  int64_t run;  // length of each run of A in the block; 0 when A is not in runs
+};
+KBlock k_block_at(const Term& term, int64_t pc, int64_t kc_max) {
+  if (!term.a.in_runs()) return {std::min(kc_max, term.k - pc), 0};
+  const int64_t run = term.a.runs.run;
+  if (run <= kc_max) return {std::min(kc_max / run * run, term.k - pc), run};
+  const int64_t pieces = (run + kc_max - 1) / kc_max, piece = (run + pieces - 1) / pieces;
+  const int64_t length = std::min(piece, run - pc % run);
+  return {length, length};
+}
+
+// The row pointers of A sliver rows [m0, m0 + rows) over the k block [pc, pc + block.kc) of
+// A in runs: run j of row i at table[j * MR + i] (the micro-kernel's Tile::a_rows). Rows
+// past the edge repeat the first; the kernel computes only the live rows.
+void locate_sliver(const Runs& runs, int64_t m0, int64_t rows, int64_t pc, const KBlock& block, int64_t mr,
+                   const float** table) {
+  const int64_t first = pc / runs.run, offset = pc % runs.run;
+  for (int64_t j = 0; j < block.kc / block.run; ++j) {
+    const float** out = table + j * mr;
+    runs.locate(runs.ctx, first + j, m0, rows, out);
+    for (int64_t i = 0; i < rows; ++i) out[i] += offset;
+    std::fill(out + rows, out + mr, out[0]);
   }
 }
 
@@ -392,18 +433,34 @@ Status run(const std::vector<Term>& terms, const Output& c, float alpha, float b
   const int64_t elem = kernel.bf16 ? 2 : 4;
   const int64_t kc_max = round_up(blk.kc, std::max(kernel.a.k_multiple, kernel.b.k_multiple));
   const int64_t nc_max = std::min(blk.nc, (N + nr - 1) / nr * nr), mc_max = std::min(blk.mc, (M + mr - 1) / mr * mr);
+  // A in runs read in place by the kernel needs row pointers instead of a packed block:
+  // per sliver, one pointer per row and run of the k block.
+  int64_t runs_per_block = 0;
+  for (const Term& t : terms)
+    if (t.k > 0 && t.a.in_runs() && kernel.reads_rows)
+      runs_per_block = std::max(runs_per_block, t.a.runs.run <= blk.kc ? blk.kc / t.a.runs.run : int64_t(1));
+  const int64_t row_table = runs_per_block * mr;  // pointers per A sliver
   void* packed_b = cpu::scratch(size_t(nc_max * kc_max * elem), 0);
-  void* packed_a = cpu::scratch(size_t(mc_max * kc_max * elem), 1);
+  void* packed_a = cpu::scratch(std::max(size_t(mc_max * kc_max * elem), size_t(mc_max * runs_per_block) * sizeof(float*)), 1);
   if (!packed_a || !packed_b) return {StatusCode::out_of_memory, "cpu gemm: cannot allocate packing buffers"};
 
   for (const Term& term : terms) {
     if (term.k == 0) continue;
-    const bool stream_b = !kernel.bf16 && M <= kUnpackedMaxM && !term.b.gather_row &&
-                          term.b.dtype == DType::f32 && term.b.col_stride == 1;
+    if (term.b.whole_slivers && (kernel.bf16 || kernel.b.group != 1))
+      return {StatusCode::invalid_argument, std::string("cpu gemm: B packed as f32 slivers for a ") + kernel.isa +
+                                                " kernel that reads another packing"};
+    const bool b_ready = term.b.whole_slivers;  // no packing of B at all
+    // (A read in place through row pointers needs B packed.)
+    const bool stream_b = !b_ready && !kernel.bf16 && M <= kUnpackedMaxM && !term.b.in_runs() &&
+                          !(term.a.in_runs() && kernel.reads_rows) && term.b.dtype == DType::f32 &&
+                          term.b.col_stride == 1;
+    const bool pack_b = !b_ready && !stream_b;
     for (int64_t jc = 0; jc < N; jc += blk.nc) {
       const int64_t nc = std::min(blk.nc, N - jc);
-      for (int64_t pc = 0; pc < term.k; pc += blk.kc) {
-        const int64_t kc = std::min(blk.kc, term.k - pc);
+      for (int64_t pc = 0, kc = 0; pc < term.k; pc += kc) {
+        const KBlock k_block = k_block_at(term, pc, blk.kc);
+        kc = k_block.kc;
+        const bool a_rows = k_block.run > 0 && kernel.reads_rows;  // the kernel reads A's runs in place
         const bool first = &term == first_term && pc == 0;
         // Row-major bf16 A read by few B slivers is not worth a copy: the kernel reads its
         // whole tiles in place (packed, a tile is 1 KiB contiguous rather than 16 rows lda
@@ -423,12 +480,12 @@ Status run(const std::vector<Term>& terms, const Output& c, float alpha, float b
         {
           if (kernel.enter) kernel.enter();
           std::vector<float> tmp(size_t(std::max(kc, 2 * nc) + 1));
-          if (!stream_b && packs_by_row(term.b, b_writer)) {
+          if (pack_b && packs_by_row(term.b, b_writer)) {
             const int64_t steps = b_writer.k_steps() / kernel.b.group;
 #pragma omp for schedule(static)
             for (int64_t step = 0; step < steps; ++step)
               pack_b_rows(term.b, step, pc, jc, nc, b_writer, packed_b, tmp.data());
-          } else if (!stream_b) {
+          } else if (pack_b) {
 #pragma omp for schedule(static)
             for (int64_t s = 0; s < b_slivers; ++s)
               pack_b_sliver(term.b, pc, jc + s * nr, std::min(nr, nc - s * nr), b_writer,
@@ -437,7 +494,12 @@ Status run(const std::vector<Term>& terms, const Output& c, float alpha, float b
           for (int64_t ic = 0; ic < M; ic += blk.mc) {
             const int64_t mc = std::min(blk.mc, M - ic);
             const int64_t a_slivers = (mc + mr - 1) / mr;
-            if (!a_in_place || mc % mr != 0) {  // in place, only a partial last sliver is packed
+            if (a_rows) {
+#pragma omp for schedule(static)
+              for (int64_t s = 0; s < a_slivers; ++s)
+                locate_sliver(term.a.runs, ic + s * mr, std::min(mr, mc - s * mr), pc, k_block, mr,
+                              static_cast<const float**>(packed_a) + s * row_table);
+            } else if (!a_in_place || mc % mr != 0) {  // in place, only a partial last sliver is packed
 #pragma omp for schedule(static)
               for (int64_t s = 0; s < a_slivers; ++s)
                 if (!a_in_place || mc - s * mr < mr)
@@ -450,11 +512,18 @@ Status run(const std::vector<Term>& terms, const Output& c, float alpha, float b
                 Tile t;
                 t.kc = kc;
                 t.a = static_cast<const char*>(packed_a) + ir * a_writer.elements() * elem;
-                if (a_in_place && mc - ir * mr >= mr) {
+                if (a_rows) {
+                  t.a_rows = static_cast<const float* const*>(packed_a) + ir * row_table;
+                  t.a_run = k_block.run;
+                } else if (a_in_place && mc - ir * mr >= mr) {
                   t.a = raw_a + (ic + ir * mr) * term.a.row_stride + pc;
                   t.a_stride = term.a.row_stride;
                 }
-                if (stream_b) {
+                if (b_ready) {
+                  t.b = static_cast<const float*>(term.b.data) + ((jc / nr + jr) * term.k + pc) * nr;
+                  t.b_stride = nr;
+                  t.b_packed = true;
+                } else if (stream_b) {
                   t.b = static_cast<const float*>(term.b.data) + pc * term.b.row_stride + jc + jr * nr;
                   t.b_stride = term.b.row_stride;
                   t.b_packed = false;

@@ -20,6 +20,10 @@ namespace anvil::cpu_gemm {
 //      multiple of the A packing's group.
 //   b (f32 only): may instead be B rows in place, b_stride == ldb apart (b_packed false;
 //      columns >= n are never read).
+//   a_rows (kernels with MicroKernel::reads_rows only; null otherwise): instead of a, the
+//      A rows read in place through pointers (implicit GEMM): the k range is kc / a_run
+//      runs of a_run contiguous f32 elements, run j of row i starting at a_rows[j * MR + i]
+//      (b packed).
 //   c: f32, row stride ldc, unit column stride. Rows >= m and columns >= n are untouched.
 //   out (kernels with MicroKernel::rounds_bf16 only; null otherwise): the result
 //      v = alpha * acc + beta * C + bias + out_beta * out is not stored to c but rounded
@@ -29,6 +33,8 @@ struct Tile {
   int64_t kc;
   const void* a;
   int64_t a_stride = 0;  // 0: a is a packed sliver
+  const float* const* a_rows = nullptr;
+  int64_t a_run = 0;
   const void* b;
   int64_t b_stride;
   bool b_packed;
@@ -68,6 +74,7 @@ struct MicroKernel {
   // leave() after its last (AMX: load the tile configuration; release the tile state).
   void (*enter)() = nullptr;
   void (*leave)() = nullptr;
+  bool reads_rows = false;  // honours Tile::a_rows (the f32 kernels)
 };
 
 // Null when the ISA is not compiled in (the driver checks cpu_info() before using one).
@@ -77,15 +84,28 @@ const MicroKernel* micro_kernel_bf16_amx();
 const MicroKernel* micro_kernel_f32_avx2();
 
 // ------------------------------------------------------------------ driver
+// Implicit GEMM (conv2d's image windows): an f32 matrix of which no copy exists. Each row
+// is a sequence of runs of `run` contiguous elements; column c is element c % run of run
+// c / run. locate() writes where run `index` of rows [row0, row0 + rows) begins, one pointer
+// per row (a run of zeros where a window hangs over the padding).
+struct Runs {
+  int64_t run = 0;
+  void (*locate)(const void* ctx, int64_t index, int64_t row0, int64_t rows, const float** out) = nullptr;
+  const void* ctx = nullptr;
+};
+
 // A logical (rows, cols) matrix: element (r, c) at data[offset + r*row_stride + c*col_stride],
-// dtype f32, f16 or bf16. `gather` (conv2d's implicit GEMM) replaces the strided read.
+// dtype f32, f16 or bf16; or, when runs.locate is set, f32 rows found through runs; or, for
+// B of an f32 micro-kernel only, when whole_slivers is set, data already packed as that
+// kernel's B slivers over all of K: ceil(cols / NR) slivers of (rows, NR) floats, the
+// columns past `cols` zero (so that each k block of it is a packed sliver as it stands).
 struct Matrix {
   const void* data = nullptr;
   DType dtype = DType::f32;
   int64_t row_stride = 0, col_stride = 0;
-  // Optional: fills dst[0:count] with elements (row, col0 + i) as f32 (for implicit GEMM).
-  void (*gather_row)(const void* ctx, int64_t row, int64_t col0, int64_t count, float* dst) = nullptr;
-  const void* gather_ctx = nullptr;
+  Runs runs;
+  bool whole_slivers = false;
+  bool in_runs() const { return runs.locate != nullptr; }
 };
 
 // One product term A (m x k) @ B (k x n); several terms sum into one output (the batch

@@ -27,20 +27,35 @@ inline __m256 load(const float* p, const __m256i& mask) {
   else return _mm256_loadu_ps(p);
 }
 
+// One k step: acc[i] += a(i) * B's row.
+template <bool kMasked, class ElementOfA>
+inline void fma_step(const float* b, const __m256i* mask, const ElementOfA& a, __m256 (&acc)[kMR][kNV]) {
+  __m256 bv[kNV];
+  for (int v = 0; v < kNV; ++v) bv[v] = load<kMasked>(b + kVector * v, mask[v]);
+#pragma GCC unroll 6
+  for (int i = 0; i < kMR; ++i) {
+    const __m256 ai = _mm256_set1_ps(a(i));
+    for (int v = 0; v < kNV; ++v) acc[i][v] = _mm256_fmadd_ps(ai, bv[v], acc[i][v]);
+  }
+}
+
 template <bool kMasked>
 void accumulate(const Tile& t, const __m256i* mask, __m256 (&acc)[kMR][kNV]) {
   const float* a = static_cast<const float*>(t.a);
   const float* b = static_cast<const float*>(t.b);
-  for (int64_t k = 0; k < t.kc; ++k) {
-    __m256 bv[kNV];
-    for (int v = 0; v < kNV; ++v) bv[v] = load<kMasked>(b + kVector * v, mask[v]);
-#pragma GCC unroll 6
-    for (int i = 0; i < kMR; ++i) {
-      const __m256 ai = _mm256_broadcast_ss(a + i);
-      for (int v = 0; v < kNV; ++v) acc[i][v] = _mm256_fmadd_ps(ai, bv[v], acc[i][v]);
-    }
-    a += kMR;
-    b += t.b_stride;
+  for (int64_t k = 0; k < t.kc; ++k, a += kMR, b += t.b_stride)
+    fma_step<kMasked>(b, mask, [a](int i) { return a[i]; }, acc);
+}
+
+// A read in place through row pointers (implicit GEMM): per run, MR pointers (rows past
+// t.m repeat a live row), then a_run k steps on a packed B.
+void accumulate_rows(const Tile& t, const __m256i* mask, __m256 (&acc)[kMR][kNV]) {
+  const float* b = static_cast<const float*>(t.b);
+  for (const float* const* run = t.a_rows; run != t.a_rows + t.kc / t.a_run * kMR; run += kMR) {
+    const float* rows[kMR];
+    for (int i = 0; i < kMR; ++i) rows[i] = run[i];
+    for (int64_t k = 0; k < t.a_run; ++k, b += kNR)
+      fma_step<false>(b, mask, [&rows, k](int i) { return rows[i][k]; }, acc);
   }
 }
 
@@ -50,7 +65,8 @@ void tile(const Tile& t) {
     for (auto& x : row) x = _mm256_setzero_ps();
   __m256i mask[kNV];
   for (int v = 0; v < kNV; ++v) mask[v] = column_mask(t.n, v);
-  if (t.n < kNR && !t.b_packed) accumulate<true>(t, mask, acc);
+  if (t.a_rows) accumulate_rows(t, mask, acc);
+  else if (t.n < kNR && !t.b_packed) accumulate<true>(t, mask, acc);
   else accumulate<false>(t, mask, acc);
   const __m256 alpha = _mm256_set1_ps(t.alpha), beta = _mm256_set1_ps(t.beta);
   __m256 bias[kNV];
@@ -65,7 +81,11 @@ void tile(const Tile& t) {
   }
 }
 
-constexpr MicroKernel kF32{"avx2", kMR, kNR, false, {1, 1}, {1, 1}, &tile};
+constexpr MicroKernel kF32 = [] {
+  MicroKernel k{"avx2", kMR, kNR, false, {1, 1}, {1, 1}, &tile};
+  k.reads_rows = true;
+  return k;
+}();
 
 }  // namespace
 

@@ -33,27 +33,46 @@ inline __m512 load_b(const float* b, int v, const __mmask16* mask) {
   else return _mm512_loadu_ps(b + kVector * v);
 }
 
+// One k step: acc[i] += a(i) * B's row, for the live rows.
+template <int kRows, bool kMasked, class ElementOfA>
+inline void fma_step(const float* b, const __mmask16* mask, const ElementOfA& a, __m512 (&acc)[kRows][kNV]) {
+  __m512 bv[kNV];
+#pragma GCC unroll 2
+  for (int v = 0; v < kNV; ++v) bv[v] = load_b<kMasked>(b, v, mask);
+#pragma GCC unroll 12
+  for (int i = 0; i < kRows; ++i) {
+    const __m512 ai = _mm512_set1_ps(a(i));
+#pragma GCC unroll 2
+    for (int v = 0; v < kNV; ++v) acc[i][v] = _mm512_fmadd_ps(ai, bv[v], acc[i][v]);
+  }
+}
+
 template <int kRows, bool kMasked>
 inline void accumulate_f32(const Tile& t, const __mmask16* mask, __m512 (&acc)[kRows][kNV]) {
   const float* a = static_cast<const float*>(t.a);
   const float* b = static_cast<const float*>(t.b);
   for (int64_t k = 0; k < t.kc; ++k) {
-    __m512 bv[kNV];
-#pragma GCC unroll 2
-    for (int v = 0; v < kNV; ++v) bv[v] = load_b<kMasked>(b, v, mask);
     if constexpr (kMasked) {  // streamed rows are ldb apart: too far for the hardware prefetcher
       const char* ahead = reinterpret_cast<const char*>(b + kStreamPrefetchRows * t.b_stride);
       _mm_prefetch(ahead, _MM_HINT_T0);
       _mm_prefetch(ahead + 64, _MM_HINT_T0);
     }
-#pragma GCC unroll 12
-    for (int i = 0; i < kRows; ++i) {
-      const __m512 ai = _mm512_set1_ps(a[i]);
-#pragma GCC unroll 2
-      for (int v = 0; v < kNV; ++v) acc[i][v] = _mm512_fmadd_ps(ai, bv[v], acc[i][v]);
-    }
+    fma_step<kRows, kMasked>(b, mask, [a](int i) { return a[i]; }, acc);
     a += kMR;
     b += t.b_stride;
+  }
+}
+
+// A read in place through row pointers (implicit GEMM): per run, kRows pointers, then a_run
+// k steps on a packed B.
+template <int kRows>
+inline void accumulate_rows(const Tile& t, const __mmask16* mask, __m512 (&acc)[kRows][kNV]) {
+  const float* b = static_cast<const float*>(t.b);
+  for (const float* const* run = t.a_rows; run != t.a_rows + t.kc / t.a_run * kMR; run += kMR) {
+    const float* rows[kRows];
+    for (int i = 0; i < kRows; ++i) rows[i] = run[i];
+    for (int64_t k = 0; k < t.a_run; ++k, b += kNR)
+      fma_step<kRows, false>(b, mask, [&rows, k](int i) { return rows[i][k]; }, acc);
   }
 }
 
@@ -104,6 +123,8 @@ void tile_rows(const Tile& t) {
   for (int v = 0; v < kNV; ++v) mask[v] = column_mask(t.n, v);
   if constexpr (kPairs) {
     accumulate_bf16_pairs<kRows>(t, acc);
+  } else if (t.a_rows) {
+    accumulate_rows<kRows>(t, mask, acc);
   } else if (!t.b_packed) {
     accumulate_f32<kRows, true>(t, mask, acc);  // streamed B: never read past column n, prefetch ahead
   } else {
@@ -125,7 +146,11 @@ void tile(const Tile& t) {
   table[size_t(t.m - 1)](t);
 }
 
-constexpr MicroKernel kF32{"avx512", kMR, kNR, false, {1, 1}, {1, 1}, &tile<false>};
+constexpr MicroKernel kF32 = [] {
+  MicroKernel k{"avx512", kMR, kNR, false, {1, 1}, {1, 1}, &tile<false>};
+  k.reads_rows = true;
+  return k;
+}();
 constexpr MicroKernel kBf16{"avx512bf16", kMR, kNR, true, {2, 2}, {2, 2}, &tile<true>};
 
 }  // namespace
