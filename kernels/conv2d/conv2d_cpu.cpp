@@ -8,6 +8,8 @@
 // row and filter tap (a zero run where the window hangs over the padding), or copied from
 // the runs when they are B. Inputs that are not f32 NHWC are converted once into f32 NHWC;
 // outputs that are not f32 NHWC are computed in f32 NHWC and written back once, rounding once.
+#include <emmintrin.h>  // SSE2, part of the x86-64 baseline
+
 #include <algorithm>
 #include <cstring>
 #include <type_traits>
@@ -84,9 +86,55 @@ struct NhwcTarget {
 // over all of K (cpu_gemm::Matrix::whole_slivers), so that the driver packs nothing: B rows
 // (r, s, c) and columns k (forward) when rows_are_channels, else rows (r, s, k) and
 // columns c (grad input). Sliver j holds columns [j*NR, j*NR + NR), NR floats per B row,
-// zero past the last column. Work goes to threads by (sliver, tap); each reads the NR
-// weight rows of its sliver, which stay in L2 across taps (32 x 4608 floats at res5 3x3),
-// so every weight is fetched from memory once and each output line written once.
+// zero past the last column. Work goes to threads by (sliver, tap).
+//
+// Per tap this is a copy of a (lanes x inner) source: src(l, i) = w[..] at l * col_stride +
+// i * inner_stride into dst(i, l). Its cost is instructions, not memory (res5 3x3: 2.4 M
+// elements), so the layouts torch uses get block moves:
+//   col_stride 1 (grad input from KRSC weights): rows of lanes are contiguous: copies;
+//   inner_stride 1 (forward from KRSC weights): 4 x 4 SSE transposes, 4 i (one line in
+//     four) across the sliver's lanes, so that each source line serves four steps from L1;
+//   otherwise (KCRS) element by element.
+template <class T> float to_f32(const T* p) {
+  if constexpr (std::is_same_v<T, float>) return *p;
+  else return to_float(*p);
+}
+
+void transpose_f32(const float* src, int64_t col_stride, int64_t lanes, int64_t inner, int64_t nr, float* dst) {
+  int64_t i = 0;
+  for (; i + 4 <= inner; i += 4) {
+    int64_t l = 0;
+    for (; l + 4 <= lanes; l += 4) {
+      if (i % 16 == 0)  // a line of each row per 4 steps; rows are far apart, so fetch ahead
+        for (int64_t ll = l; ll < l + 4; ++ll) _mm_prefetch(reinterpret_cast<const char*>(src + ll * col_stride + i + 32), _MM_HINT_T0);
+      __m128 r0 = _mm_loadu_ps(src + l * col_stride + i), r1 = _mm_loadu_ps(src + (l + 1) * col_stride + i);
+      __m128 r2 = _mm_loadu_ps(src + (l + 2) * col_stride + i), r3 = _mm_loadu_ps(src + (l + 3) * col_stride + i);
+      _MM_TRANSPOSE4_PS(r0, r1, r2, r3);
+      _mm_storeu_ps(dst + i * nr + l, r0);
+      _mm_storeu_ps(dst + (i + 1) * nr + l, r1);
+      _mm_storeu_ps(dst + (i + 2) * nr + l, r2);
+      _mm_storeu_ps(dst + (i + 3) * nr + l, r3);
+    }
+    for (; l < lanes; ++l)
+      for (int64_t ii = i; ii < i + 4; ++ii) dst[ii * nr + l] = src[l * col_stride + ii];
+  }
+  for (; i < inner; ++i)
+    for (int64_t l = 0; l < lanes; ++l) dst[i * nr + l] = src[l * col_stride + i];
+}
+
+// The block moves above for an f32 tap; false when its strides have none.
+bool move_f32_tap(const float* src, int64_t inner_stride, int64_t col_stride, int64_t lanes, int64_t inner, int64_t nr,
+                  float* dst) {
+  if (inner_stride == 1) {
+    transpose_f32(src, col_stride, lanes, inner, nr, dst);
+  } else if (col_stride == 1) {
+    for (int64_t i = 0; i < inner; ++i) std::memcpy(dst + i * nr, src + i * inner_stride, size_t(lanes) * sizeof(float));
+  } else {
+    return false;
+  }
+  return true;
+}
+
 template <class T>
 void pack_weight_typed(const TensorRef& wt, int64_t g, int64_t kg, bool rows_are_channels, int64_t nr, float* out) {
   const int64_t cg = wt.shape[1], s_max = wt.shape[3], taps = wt.shape[2] * s_max;
@@ -95,22 +143,21 @@ void pack_weight_typed(const TensorRef& wt, int64_t g, int64_t kg, bool rows_are
   const int64_t inner_stride = rows_are_channels ? sc : sk, col_stride = rows_are_channels ? sk : sc;
   const int64_t rows = taps * inner, slivers = (cols + nr - 1) / nr;
   if (rows == 0 || cols == 0) return;  // an empty weight may carry any strides
-  const auto f32 = [](const T* p) {
-    if constexpr (std::is_same_v<T, float>) return *p;
-    else return to_float(*p);
-  };
-  const T* base = cpu_elements::advance(wt.ptr<const T>(), g * kg * sk);
+  const T* base = wt.ptr<const T>() + g * kg * sk;
   const int threads = rows * cols < (int64_t(1) << 16) ? 1 : cpu::threads_for_call();
 #pragma omp parallel for collapse(2) num_threads(threads) schedule(static)
   for (int64_t j = 0; j < slivers; ++j)
     for (int64_t tap = 0; tap < taps; ++tap) {
       const int64_t lanes = std::min(nr, cols - j * nr);
-      const T* src = cpu_elements::advance(base, (tap / s_max) * sr + (tap % s_max) * ss + j * nr * col_stride);
+      const T* src = base + (tap / s_max) * sr + (tap % s_max) * ss + j * nr * col_stride;
       float* dst = out + (j * rows + tap * inner) * nr;
-      for (int64_t i = 0; i < inner; ++i, dst += nr) {
-        for (int64_t l = 0; l < lanes; ++l) dst[l] = f32(src + i * inner_stride + l * col_stride);
-        std::fill(dst + lanes, dst + nr, 0.0f);
-      }
+      bool moved = false;
+      if constexpr (std::is_same_v<T, float>) moved = move_f32_tap(src, inner_stride, col_stride, lanes, inner, nr, dst);
+      if (!moved)
+        for (int64_t i = 0; i < inner; ++i)
+          for (int64_t l = 0; l < lanes; ++l) dst[i * nr + l] = to_f32(src + i * inner_stride + l * col_stride);
+      if (lanes < nr)
+        for (int64_t i = 0; i < inner; ++i) std::fill(dst + i * nr + lanes, dst + (i + 1) * nr, 0.0f);
     }
 }
 

@@ -433,15 +433,8 @@ Status run(const std::vector<Term>& terms, const Output& c, float alpha, float b
   const int64_t elem = kernel.bf16 ? 2 : 4;
   const int64_t kc_max = round_up(blk.kc, std::max(kernel.a.k_multiple, kernel.b.k_multiple));
   const int64_t nc_max = std::min(blk.nc, (N + nr - 1) / nr * nr), mc_max = std::min(blk.mc, (M + mr - 1) / mr * mr);
-  // A in runs read in place by the kernel needs row pointers instead of a packed block:
-  // per sliver, one pointer per row and run of the k block.
-  int64_t runs_per_block = 0;
-  for (const Term& t : terms)
-    if (t.k > 0 && t.a.in_runs() && kernel.reads_rows)
-      runs_per_block = std::max(runs_per_block, t.a.runs.run <= blk.kc ? blk.kc / t.a.runs.run : int64_t(1));
-  const int64_t row_table = runs_per_block * mr;  // pointers per A sliver
   void* packed_b = cpu::scratch(size_t(nc_max * kc_max * elem), 0);
-  void* packed_a = cpu::scratch(std::max(size_t(mc_max * kc_max * elem), size_t(mc_max * runs_per_block) * sizeof(float*)), 1);
+  void* packed_a = cpu::scratch(size_t(mc_max * kc_max * elem), 1);
   if (!packed_a || !packed_b) return {StatusCode::out_of_memory, "cpu gemm: cannot allocate packing buffers"};
 
   for (const Term& term : terms) {
@@ -491,15 +484,73 @@ Status run(const std::vector<Term>& terms, const Output& c, float alpha, float b
               pack_b_sliver(term.b, pc, jc + s * nr, std::min(nr, nc - s * nr), b_writer,
                             static_cast<char*>(packed_b) + s * b_writer.elements() * elem, tmp.data());
           }
-          for (int64_t ic = 0; ic < M; ic += blk.mc) {
+          // Tile (row0.., jr) of this block, all but its A operand; then computing it.
+          const auto tile_at = [&](int64_t row0, int64_t rows, int64_t jr) {
+            Tile t;
+            t.kc = kc;
+            if (b_ready) {
+              t.b = static_cast<const float*>(term.b.data) + ((jc / nr + jr) * term.k + pc) * nr;
+              t.b_stride = nr;
+              t.b_packed = true;
+            } else if (stream_b) {
+              t.b = static_cast<const float*>(term.b.data) + pc * term.b.row_stride + jc + jr * nr;
+              t.b_stride = term.b.row_stride;
+              t.b_packed = false;
+            } else {
+              t.b = static_cast<const char*>(packed_b) + jr * b_writer.elements() * elem;
+              t.b_stride = nr;
+              t.b_packed = true;
+            }
+            const int64_t col0 = jc + jr * nr;
+            t.c = target ? target + row0 * ld_target + col0 : nullptr;
+            t.ldc = ld_target;
+            t.m = int(std::min(mr, rows));
+            t.n = int(std::min(nr, nc - jr * nr));
+            t.alpha = tile_alpha;
+            t.beta = first ? tile_beta : 1.0f;
+            t.bias = first && tile_bias ? tile_bias + col0 : nullptr;
+            if (rounds_here) {  // alpha * (this block + the workspace's sum) + bias + beta * C
+              t.alpha = alpha;
+              t.beta = first ? 0.0f : alpha;
+              t.bias = bias_ptr ? bias_ptr + col0 : nullptr;
+              t.out = static_cast<bfloat16*>(c.data) + row0 * c.ldc + col0;
+              t.ld_out = c.ldc;
+              t.out_beta = beta;
+            }
+            return t;
+          };
+          const auto compute = [&](const Tile& t, int64_t row0, int64_t jr) {
+            kernel.run(t);
+            if (finish_tiles) finish_block(c, target, ld_target, row0, t.m, jc + jr * nr, t.n, alpha, beta, bias_ptr);
+          };
+          if (a_rows) {
+            // A read in place: no packed A block is shared, so M is not blocked and no barrier
+            // separates locating rows from computing. Each thread takes a run of tiles and
+            // locates a sliver's rows when it comes to it. The operand with more data in
+            // this block goes outermost, so that it is fetched once and the other is re-read
+            // from cache: A when M exceeds the block's columns (res2 3x3: 3136 rows, 64
+            // columns, 1.3x faster), else B (res5 3x3: 49 rows, 512 columns, 1.2-1.5x).
+            std::vector<const float*> table(size_t(kc / k_block.run * mr));
+            int64_t located = -1;
+            const int64_t a_slivers = (M + mr - 1) / mr;
+            const bool a_outer = M > b_slivers * nr;
+#pragma omp for schedule(static)
+            for (int64_t index = 0; index < a_slivers * b_slivers; ++index) {
+              const int64_t ir = a_outer ? index / b_slivers : index % a_slivers;
+              const int64_t jr = a_outer ? index % b_slivers : index / a_slivers;
+              const int64_t row0 = ir * mr, rows = std::min(mr, M - row0);
+              if (ir != located) locate_sliver(term.a.runs, row0, rows, pc, k_block, mr, table.data());
+              located = ir;
+              Tile t = tile_at(row0, rows, jr);
+              t.a_rows = table.data();
+              t.a_run = k_block.run;
+              compute(t, row0, jr);
+            }
+          }
+          for (int64_t ic = 0; ic < M && !a_rows; ic += blk.mc) {
             const int64_t mc = std::min(blk.mc, M - ic);
             const int64_t a_slivers = (mc + mr - 1) / mr;
-            if (a_rows) {
-#pragma omp for schedule(static)
-              for (int64_t s = 0; s < a_slivers; ++s)
-                locate_sliver(term.a.runs, ic + s * mr, std::min(mr, mc - s * mr), pc, k_block, mr,
-                              static_cast<const float**>(packed_a) + s * row_table);
-            } else if (!a_in_place || mc % mr != 0) {  // in place, only a partial last sliver is packed
+            if (!a_in_place || mc % mr != 0) {  // in place, only a partial last sliver is packed
 #pragma omp for schedule(static)
               for (int64_t s = 0; s < a_slivers; ++s)
                 if (!a_in_place || mc - s * mr < mr)
@@ -509,47 +560,14 @@ Status run(const std::vector<Term>& terms, const Output& c, float alpha, float b
 #pragma omp for collapse(2) schedule(static)
             for (int64_t jr = 0; jr < b_slivers; ++jr)
               for (int64_t ir = 0; ir < a_slivers; ++ir) {
-                Tile t;
-                t.kc = kc;
+                const int64_t row0 = ic + ir * mr;
+                Tile t = tile_at(row0, mc - ir * mr, jr);
                 t.a = static_cast<const char*>(packed_a) + ir * a_writer.elements() * elem;
-                if (a_rows) {
-                  t.a_rows = static_cast<const float* const*>(packed_a) + ir * row_table;
-                  t.a_run = k_block.run;
-                } else if (a_in_place && mc - ir * mr >= mr) {
-                  t.a = raw_a + (ic + ir * mr) * term.a.row_stride + pc;
+                if (a_in_place && mc - ir * mr >= mr) {
+                  t.a = raw_a + row0 * term.a.row_stride + pc;
                   t.a_stride = term.a.row_stride;
                 }
-                if (b_ready) {
-                  t.b = static_cast<const float*>(term.b.data) + ((jc / nr + jr) * term.k + pc) * nr;
-                  t.b_stride = nr;
-                  t.b_packed = true;
-                } else if (stream_b) {
-                  t.b = static_cast<const float*>(term.b.data) + pc * term.b.row_stride + jc + jr * nr;
-                  t.b_stride = term.b.row_stride;
-                  t.b_packed = false;
-                } else {
-                  t.b = static_cast<const char*>(packed_b) + jr * b_writer.elements() * elem;
-                  t.b_stride = nr;
-                  t.b_packed = true;
-                }
-                const int64_t row0 = ic + ir * mr, col0 = jc + jr * nr;
-                t.c = target ? target + row0 * ld_target + col0 : nullptr;
-                t.ldc = ld_target;
-                t.m = int(std::min(mr, mc - ir * mr));
-                t.n = int(std::min(nr, nc - jr * nr));
-                t.alpha = tile_alpha;
-                t.beta = first ? tile_beta : 1.0f;
-                t.bias = first && tile_bias ? tile_bias + col0 : nullptr;
-                if (rounds_here) {  // alpha * (this block + the workspace's sum) + bias + beta * C
-                  t.alpha = alpha;
-                  t.beta = first ? 0.0f : alpha;
-                  t.bias = bias_ptr ? bias_ptr + col0 : nullptr;
-                  t.out = static_cast<bfloat16*>(c.data) + row0 * c.ldc + col0;
-                  t.ld_out = c.ldc;
-                  t.out_beta = beta;
-                }
-                kernel.run(t);
-                if (finish_tiles) finish_block(c, target, ld_target, row0, t.m, col0, t.n, alpha, beta, bias_ptr);
+                compute(t, row0, jr);
               }
           }
           if (kernel.leave) kernel.leave();
