@@ -127,7 +127,7 @@ void* scratch(size_t bytes, int slot) {
     size_t size = 0;
     ~Buffer() { std::free(ptr); }
   };
-  thread_local std::vector<Buffer> buffers(4);
+  thread_local std::vector<Buffer> buffers(8);
   Buffer& b = buffers.at(size_t(slot));
   if (b.size < bytes) {
     std::free(b.ptr);

@@ -30,57 +30,114 @@ using cpu_gemm::Output;
 using cpu_gemm::Term;
 
 // ------------------------------------------------------------------ layouts
+template <class T> float to_f32(const T* p) {
+  if constexpr (std::is_same_v<T, float>) return *p;
+  else return to_float(*p);
+}
+
 bool is_f32_nhwc(const TensorRef& t) { return t.dtype == DType::f32 && layout_of(t) == Layout::nhwc; }
 
+// The cpu scratch slots of this file (cpu::scratch; the GEMM driver uses 0-2).
+enum ScratchSlot : int { kWeightSlot = 3, kImageSlot = 4, kSecondImageSlot = 5, kTargetSlot = 6 };
+
+// Pixel rows (n, y) of an NCHW-indexed view go to threads; each converts its row.
+template <class Row> void for_each_pixel_row(int64_t n, int64_t h, int64_t elements, const Row& row) {
+  const int threads = elements < (int64_t(1) << 15) ? 1 : cpu::threads_for_call();
+#pragma omp parallel for collapse(2) num_threads(threads) schedule(static)
+  for (int64_t in = 0; in < n; ++in)
+    for (int64_t y = 0; y < h; ++y) row(in, y);
+}
+
+// Row (n, y) of t into dst as f32 NHWC: one copy when it is f32 NHWC already, else
+// element by element, along the source's unit-stride dimension when it has one.
+template <class T> void load_pixel_row(const TensorRef& t, int64_t in, int64_t y, float* dst) {
+  const int64_t c = t.shape[1], w = t.shape[3];
+  const T* src = t.ptr<const T>() + in * t.strides[0] + y * t.strides[2];
+  if (std::is_same_v<T, float> && t.strides[1] == 1 && t.strides[3] == c) {
+    std::memcpy(dst, src, size_t(w * c) * sizeof(float));
+  } else if (t.strides[3] == 1) {  // NCHW: read along x
+    for (int64_t ch = 0; ch < c; ++ch)
+      for (int64_t x = 0; x < w; ++x) dst[x * c + ch] = to_f32(src + ch * t.strides[1] + x);
+  } else {
+    for (int64_t x = 0; x < w; ++x)
+      for (int64_t ch = 0; ch < c; ++ch) dst[x * c + ch] = to_f32(src + ch * t.strides[1] + x * t.strides[3]);
+  }
+}
+
+// f32 NHWC row src into row (n, y) of t, rounded once.
+template <class T> void store_pixel_row(const TensorRef& t, int64_t in, int64_t y, const float* src) {
+  const int64_t c = t.shape[1], w = t.shape[3];
+  T* dst = t.ptr<T>() + in * t.strides[0] + y * t.strides[2];
+  for (int64_t x = 0; x < w; ++x)
+    for (int64_t ch = 0; ch < c; ++ch) {
+      const float v = src[x * c + ch];
+      T& out = dst[ch * t.strides[1] + x * t.strides[3]];
+      if constexpr (std::is_same_v<T, float>) out = v;
+      else if constexpr (std::is_same_v<T, float16>) out = to_float16(v);
+      else out = to_bfloat16(v);
+    }
+}
+
+template <class Visit> void visit_dtype(DType dtype, const Visit& visit) {
+  switch (dtype) {
+    case DType::f16: return visit(float16{});
+    case DType::bf16: return visit(bfloat16{});
+    default: return visit(float{});
+  }
+}
+
 // An image as packed f32 NHWC: the tensor itself when it already is and needs no padding,
-// else a converted copy, `pad_left` and `pad_right` zero columns wider (width w + both).
+// else a converted copy in cpu scratch, `pad_left` and `pad_right` zero columns wider.
 struct NhwcImage {
-  std::vector<float> copy;
-  const float* data;
-  int64_t n, c, h, w;  // w: the stored width
-  explicit NhwcImage(const TensorRef& t, int64_t pad_left = 0, int64_t pad_right = 0)
+  const float* data = nullptr;  // null only when the copy cannot be allocated
+  int64_t n, c, h, w;           // w: the stored width
+  NhwcImage(const TensorRef& t, ScratchSlot slot, int64_t pad_left = 0, int64_t pad_right = 0)
       : n(t.shape[0]), c(t.shape[1]), h(t.shape[2]), w(t.shape[3] + pad_left + pad_right) {
     if (is_f32_nhwc(t) && pad_left == 0 && pad_right == 0) {
       data = t.ptr<const float>();
       return;
     }
-    copy.assign(size_t(n * h * w * c), 0.0f);
-    for (int64_t in = 0; in < n; ++in)
-      for (int64_t y = 0; y < h; ++y) {
-        float* out = copy.data() + ((in * h + y) * w + pad_left) * c;
-        for (int64_t x = 0; x < t.shape[3]; ++x)
-          for (int64_t ch = 0; ch < c; ++ch)
-            *out++ = cpu_elements::load(t, in * t.strides[0] + ch * t.strides[1] + y * t.strides[2] + x * t.strides[3]);
-      }
-    data = copy.data();
+    auto* copy = static_cast<float*>(cpu::scratch(std::max<size_t>(size_t(n * h * w * c) * sizeof(float), 64), slot));
+    if (!copy) return;
+    visit_dtype(t.dtype, [&](auto type) {
+      using T = decltype(type);
+      for_each_pixel_row(n, h, n * h * w * c, [&](int64_t in, int64_t y) {
+        float* row = copy + (in * h + y) * w * c;
+        std::fill(row, row + pad_left * c, 0.0f);
+        load_pixel_row<T>(t, in, y, row + pad_left * c);
+        std::fill(row + (w - pad_right) * c, row + w * c, 0.0f);
+      });
+    });
+    data = copy;
   }
 };
 
-// An f32 NHWC destination: the output tensor itself when it is f32 NHWC, else a scratch
-// image written back (rounded once) by commit().
+// An f32 NHWC destination: the output tensor itself when it is f32 NHWC, else an image in
+// cpu scratch written back (rounded once) by commit().
 struct NhwcTarget {
   const TensorRef& t;
-  std::vector<float> scratch;
-  float* data;
+  float* data = nullptr;  // null only when the scratch cannot be allocated
+  bool staged = false;
   explicit NhwcTarget(const TensorRef& out) : t(out) {
     if (is_f32_nhwc(out)) {
       data = out.ptr<float>();
       return;
     }
-    scratch.resize(size_t(out.numel()));
-    data = scratch.data();
+    staged = true;
+    data = static_cast<float*>(cpu::scratch(std::max<size_t>(size_t(out.numel()) * sizeof(float), 64), kTargetSlot));
   }
   void commit() const {
-    if (scratch.empty()) return;
+    if (!staged) return;
     const int64_t n = t.shape[0], c = t.shape[1], h = t.shape[2], w = t.shape[3];
-    const float* in = scratch.data();
-    for (int64_t i = 0; i < n; ++i)
-      for (int64_t y = 0; y < h; ++y)
-        for (int64_t x = 0; x < w; ++x)
-          for (int64_t ch = 0; ch < c; ++ch)
-            cpu_elements::store(t, i * t.strides[0] + ch * t.strides[1] + y * t.strides[2] + x * t.strides[3], *in++);
+    visit_dtype(t.dtype, [&](auto type) {
+      for_each_pixel_row(n, h, n * h * w * c, [&](int64_t in, int64_t y) {
+        store_pixel_row<decltype(type)>(t, in, y, data + (in * h + y) * w * c);
+      });
+    });
   }
 };
+
+constexpr const char* kNoImageScratch = "cpu conv2d: cannot allocate an image copy";
 
 // Weight (K, Cg, R, S) of group g as the GEMM's B, packed as the f32 micro-kernel's slivers
 // over all of K (cpu_gemm::Matrix::whole_slivers), so that the driver packs nothing: B rows
@@ -95,11 +152,6 @@ struct NhwcTarget {
 //   inner_stride 1 (forward from KRSC weights): 4 x 4 SSE transposes, 4 i (one line in
 //     four) across the sliver's lanes, so that each source line serves four steps from L1;
 //   otherwise (KCRS) element by element.
-template <class T> float to_f32(const T* p) {
-  if constexpr (std::is_same_v<T, float>) return *p;
-  else return to_float(*p);
-}
-
 void transpose_f32(const float* src, int64_t col_stride, int64_t lanes, int64_t inner, int64_t nr, float* dst) {
   int64_t i = 0;
   for (; i + 4 <= inner; i += 4) {
@@ -161,12 +213,12 @@ void pack_weight_typed(const TensorRef& wt, int64_t g, int64_t kg, bool rows_are
     }
 }
 
-// The packed weight of group g in the calling thread's scratch (slot 3; the GEMM driver
-// uses 0-2), or null when it cannot be allocated.
+// The packed weight of group g in the calling thread's scratch, or null when it cannot be
+// allocated.
 const float* pack_weight(const TensorRef& wt, int64_t g, int64_t kg, bool rows_are_channels, const MicroKernel& kernel) {
   const int64_t cols = rows_are_channels ? kg : wt.shape[1], nr = kernel.nr;
   const int64_t floats = (cols + nr - 1) / nr * nr * wt.shape[2] * wt.shape[3] * (rows_are_channels ? wt.shape[1] : kg);
-  auto* out = static_cast<float*>(cpu::scratch(std::max<size_t>(size_t(floats) * sizeof(float), 64), 3));
+  auto* out = static_cast<float*>(cpu::scratch(std::max<size_t>(size_t(floats) * sizeof(float), 64), kWeightSlot));
   if (!out) return nullptr;
   switch (wt.dtype) {
     case DType::f16: pack_weight_typed<float16>(wt, g, kg, rows_are_channels, nr, out); break;
@@ -273,8 +325,9 @@ Status forward(const Conv2dArgs& args, const MicroKernel& kernel) {
   const bool filter_row_runs = sh.groups == 1 && prm.dilation_w == 1 && sh.s > 1 && cg < kShortRun;
   const int64_t pad_right =
       filter_row_runs ? std::max<int64_t>(0, (sh.q - 1) * prm.stride_w - prm.pad_w + sh.s - sh.w) : 0;
-  const NhwcImage in(args.input, filter_row_runs ? prm.pad_w : 0, pad_right);
+  const NhwcImage in(args.input, kImageSlot, filter_row_runs ? prm.pad_w : 0, pad_right);
   NhwcTarget out(args.output);
+  if (!in.data || !out.data) return {StatusCode::out_of_memory, kNoImageScratch};
   const std::vector<float> bias = bias_f32(args.bias, sh.k);
   const int64_t run = filter_row_runs ? sh.s * cg : cg;
   const std::vector<float> zeros(static_cast<size_t>(run), 0.0f);
@@ -294,10 +347,12 @@ Status forward(const Conv2dArgs& args, const MicroKernel& kernel) {
 Status backward(const Conv2dBackwardArgs& args, const MicroKernel& kernel) {
   const auto sh = conv2d_desc::shape_of(args.input, args.weight, args.params);
   const int64_t cg = sh.c_per_group(), kg = sh.k_per_group();
-  const NhwcImage grad(args.grad_output);
+  const NhwcImage grad(args.grad_output, kImageSlot);
+  if (!grad.data) return {StatusCode::out_of_memory, kNoImageScratch};
   const Conv2dParams& prm = args.params;
   if (args.grad_input) {
     NhwcTarget gi(*args.grad_input);
+    if (!gi.data) return {StatusCode::out_of_memory, kNoImageScratch};
     const std::vector<float> zeros(static_cast<size_t>(kg), 0.0f);
     for (int64_t g = 0; g < sh.groups; ++g) {
       const float* wmat = pack_weight(args.weight, g, kg, false, kernel);
@@ -310,7 +365,8 @@ Status backward(const Conv2dBackwardArgs& args, const MicroKernel& kernel) {
     gi.commit();
   }
   if (args.grad_weight) {
-    const NhwcImage in(args.input);
+    const NhwcImage in(args.input, kSecondImageSlot);
+    if (!in.data) return {StatusCode::out_of_memory, kNoImageScratch};
     const TensorRef& gw = *args.grad_weight;
     std::vector<float> dw(size_t(kg * sh.r * sh.s * cg));  // (k, (r, s, c)) of one group
     const std::vector<float> zeros(static_cast<size_t>(cg), 0.0f);
