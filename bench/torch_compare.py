@@ -68,16 +68,25 @@ def main():
             continue
         x, y = torch.randn(m, k), torch.randn(k, n)
         compare(f"gemm {m}x{n}x{k}", lambda: anvil.gemm(x, y), lambda: torch.mm(x, y), a.reps, 1e-3)
-    for r in rows("conv2d", "resnet50"):
-        c, h, w, kk, rr, s = (int(r[i]) for i in ("c", "h", "w", "k", "r", "s"))
-        st, pd = int(r["stride"]), int(r["pad"])
-        hout = (h + 2 * pd - rr) // st + 1
-        if 2 * kk * hout * hout * c * rr * s > a.max_gflop * 1e9:
-            continue
-        xi = torch.randn(1, c, h, w).to(memory_format=torch.channels_last)
-        wt = torch.randn(kk, c, rr, s)
-        compare(f"conv2d {r['name']} n1 NHWC", lambda: anvil.conv2d(xi, wt, None, st, pd),
-                lambda: F.conv2d(xi, wt, None, st, pd), a.reps, 1e-2)
+    # conv2d as a channels_last model runs it (input and weight channels_last): the cpu
+    # backend's kernel (forced), and whatever anvil picks by default (oneapi when built).
+    for n in (1, 8):
+        for r in rows("conv2d", "resnet50"):
+            c, h, w, kk, rr, s = (int(r[i]) for i in ("c", "h", "w", "k", "r", "s"))
+            st, pd = int(r["stride"]), int(r["pad"])
+            hout = (h + 2 * pd - rr) // st + 1
+            if 2 * n * kk * hout * hout * c * rr * s > a.max_gflop * 1e9:
+                continue
+            xi = torch.randn(n, c, h, w).to(memory_format=torch.channels_last)
+            wt = torch.randn(kk, c, rr, s).to(memory_format=torch.channels_last)
+
+            def on_cpu_backend():
+                with anvil.force(backend="cpu"):
+                    return anvil.conv2d(xi, wt, None, st, pd)
+
+            compare(f"conv2d {r['name']} n{n} cpu", on_cpu_backend, lambda: F.conv2d(xi, wt, None, st, pd), a.reps, 1e-2)
+            compare(f"conv2d {r['name']} n{n} default", lambda: anvil.conv2d(xi, wt, None, st, pd),
+                    lambda: F.conv2d(xi, wt, None, st, pd), a.reps, 1e-2)
     for r in rows("attention", "bench") + [{"batch": 1, "heads": 2, "kv_heads": 2, "seq_q": 128, "seq_k": 128,
                                             "head_dim": 64, "causal": 1}]:
         b, h, hk, lq, lk, e = (int(r[i]) for i in ("batch", "heads", "kv_heads", "seq_q", "seq_k", "head_dim"))

@@ -382,10 +382,52 @@ Status isa_present(Isa isa) {
   return unsupported(std::string("this CPU lacks ") + isa_name(isa) + " (" + cpu::cpu_info().describe() + ")");
 }
 
-Status run(const std::vector<Term>& terms, const Output& c, float alpha, float beta, const void* bias,
+namespace {
+
+// Row-major f32 A that meets few B slivers is read in place through its rows (one run per
+// row, Tile::a_rows) rather than packed: packing costs about as much as the tiles when each
+// A sliver serves few B slivers. Measured on Sapphire Rapids (M 2048, K 1024, 2 threads):
+// 2.9x faster at 32 columns, 2.2x at 64, 1.7x at 128, 1.2x at 256, 1.06x at 512, even at
+// 1024; at 2048^3 packing is 1.13x faster.
+constexpr int64_t kRowsInPlaceMaxColumns = 512;
+
+struct RowsOf {
+  const float* data;
+  int64_t row_stride;
+};
+
+void locate_rows(const void* ctx, int64_t /*index: always 0, a row is one run*/, int64_t row0, int64_t rows,
+                 const float** out) {
+  const auto& a = *static_cast<const RowsOf*>(ctx);
+  for (int64_t i = 0; i < rows; ++i) out[i] = a.data + (row0 + i) * a.row_stride;
+}
+
+// The terms as the driver runs them: `given`, or a copy in `own` whose row-major f32 A
+// operands are matrices in runs over their rows (described in `rows`, which must outlive
+// the call).
+const std::vector<Term>& with_rows_in_place(const std::vector<Term>& given, int64_t M, int64_t N,
+                                            const MicroKernel& kernel, std::vector<RowsOf>& rows,
+                                            std::vector<Term>& own) {
+  if (!kernel.reads_rows || N > kRowsInPlaceMaxColumns || M <= kUnpackedMaxM) return given;
+  own = given;
+  rows.reserve(own.size());  // stable addresses for the Runs contexts
+  for (Term& t : own)
+    if (t.k > 0 && !t.a.in_runs() && t.a.dtype == DType::f32 && t.a.col_stride == 1) {
+      rows.push_back({static_cast<const float*>(t.a.data), t.a.row_stride});
+      t.a.runs = Runs{t.k, &locate_rows, &rows.back()};
+    }
+  return own;
+}
+
+}  // namespace
+
+Status run(const std::vector<Term>& given, const Output& c, float alpha, float beta, const void* bias,
            int64_t bias_stride, const MicroKernel& kernel) {
   const int64_t M = c.m, N = c.n;
   if (M == 0 || N == 0) return Status::Ok();
+  std::vector<RowsOf> rows_of;
+  std::vector<Term> own_terms;
+  const std::vector<Term>& terms = with_rows_in_place(given, M, N, kernel, rows_of, own_terms);
   int64_t total_k = 0;
   for (const Term& t : terms) total_k += t.k;
   const double flops = 2.0 * double(M) * double(N) * double(total_k);
