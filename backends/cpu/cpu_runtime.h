@@ -30,7 +30,7 @@ const CpuInfo& cpu_info();
 int threads_for_call();
 
 // 64-byte aligned scratch that grows and is reused per calling thread (packing buffers),
-// in slots 0-7: 0-2 the GEMM driver (attention uses 0-1 outside it), 3-6 conv2d.
+// in slots 0-7: 0-2 the GEMM driver (attention uses 0-1 outside it), 3-7 conv2d.
 void* scratch(size_t bytes, int slot);
 
 }  // namespace anvil::cpu

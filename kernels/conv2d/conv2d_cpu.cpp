@@ -38,7 +38,7 @@ template <class T> float to_f32(const T* p) {
 bool is_f32_nhwc(const TensorRef& t) { return t.dtype == DType::f32 && layout_of(t) == Layout::nhwc; }
 
 // The cpu scratch slots of this file (cpu::scratch; the GEMM driver uses 0-2).
-enum ScratchSlot : int { kWeightSlot = 3, kImageSlot = 4, kSecondImageSlot = 5, kTargetSlot = 6 };
+enum ScratchSlot : int { kWeightSlot = 3, kImageSlot = 4, kSecondImageSlot = 5, kTargetSlot = 6, kColumnsSlot = 7 };
 
 // Pixel rows (n, y) of an NCHW-indexed view go to threads; each converts its row.
 template <class Row> void for_each_pixel_row(int64_t n, int64_t h, int64_t elements, const Row& row) {
@@ -228,6 +228,26 @@ const float* pack_weight(const TensorRef& wt, int64_t g, int64_t kg, bool rows_a
   return out;
 }
 
+// Weight of group g as the B of grad input by columns (grad_input_by_columns): rows k,
+// columns (r, s, c), in whole slivers like pack_weight's; null when it cannot be allocated.
+// Used only for groups of few channels, so its weights are small.
+const float* pack_weight_columns(const TensorRef& wt, int64_t g, int64_t kg, const MicroKernel& kernel) {
+  const int64_t cg = wt.shape[1], s_max = wt.shape[3], width = wt.shape[2] * s_max * cg, nr = kernel.nr;
+  const int64_t slivers = (width + nr - 1) / nr;
+  auto* out = static_cast<float*>(cpu::scratch(std::max<size_t>(size_t(slivers * kg * nr) * sizeof(float), 64), kWeightSlot));
+  if (!out) return nullptr;
+  for (int64_t j = 0; j < slivers; ++j)
+    for (int64_t k = 0; k < kg; ++k)
+      for (int64_t l = 0; l < nr; ++l) {
+        const int64_t col = j * nr + l, tap = col / std::max<int64_t>(cg, 1), c = col % std::max<int64_t>(cg, 1);
+        out[(j * kg + k) * nr + l] =
+            col < width ? cpu_elements::load(wt, (g * kg + k) * wt.strides[0] + c * wt.strides[1] +
+                                                     (tap / s_max) * wt.strides[2] + (tap % s_max) * wt.strides[3])
+                        : 0.0f;
+      }
+  return out;
+}
+
 // B of the GEMM: a packed weight.
 Matrix packed_weight(const float* slivers) {
   Matrix m{slivers, DType::f32, 0, 0};
@@ -318,29 +338,99 @@ std::vector<float> bias_f32(const std::optional<TensorRef>& bias, int64_t k) {
 // joins a filter row's taps into one run (ForwardWindows).
 constexpr int64_t kShortRun = 16;
 
+// The image operand of the forward and grad-weight GEMMs: the input as f32 NHWC (W-padded
+// when its filter rows are runs), and the windows of group g over it.
+struct ImageOperand {
+  const conv2d_desc::Shape& sh;
+  const Conv2dParams& prm;
+  bool filter_row_runs;
+  int64_t pad_left, run;
+  NhwcImage image;
+  std::vector<float> zeros;
+
+  ImageOperand(const TensorRef& input, const conv2d_desc::Shape& shape, const Conv2dParams& params, ScratchSlot slot)
+      : sh(shape),
+        prm(params),
+        filter_row_runs(sh.groups == 1 && prm.dilation_w == 1 && sh.s > 1 && sh.c_per_group() < kShortRun),
+        pad_left(filter_row_runs ? prm.pad_w : 0),
+        run(filter_row_runs ? sh.s * sh.c_per_group() : sh.c_per_group()),
+        image(input, slot, pad_left,
+              filter_row_runs ? std::max<int64_t>(0, (sh.q - 1) * prm.stride_w - prm.pad_w + sh.s - sh.w) : 0),
+        zeros(static_cast<size_t>(run), 0.0f) {}
+
+  ForwardWindows windows(int64_t g) const {
+    return {image.data, sh.h, image.w, sh.c, pad_left, g * sh.c_per_group(), sh.p, sh.q, sh.s, filter_row_runs, prm,
+            zeros.data()};
+  }
+};
+
 Status forward(const Conv2dArgs& args, const MicroKernel& kernel) {
   const auto sh = conv2d_desc::shape_of(args.input, args.weight, args.params);
   const int64_t cg = sh.c_per_group(), kg = sh.k_per_group(), rows = sh.n * sh.p * sh.q;
-  const Conv2dParams& prm = args.params;
-  const bool filter_row_runs = sh.groups == 1 && prm.dilation_w == 1 && sh.s > 1 && cg < kShortRun;
-  const int64_t pad_right =
-      filter_row_runs ? std::max<int64_t>(0, (sh.q - 1) * prm.stride_w - prm.pad_w + sh.s - sh.w) : 0;
-  const NhwcImage in(args.input, kImageSlot, filter_row_runs ? prm.pad_w : 0, pad_right);
+  const ImageOperand in(args.input, sh, args.params, kImageSlot);
   NhwcTarget out(args.output);
-  if (!in.data || !out.data) return {StatusCode::out_of_memory, kNoImageScratch};
+  if (!in.image.data || !out.data) return {StatusCode::out_of_memory, kNoImageScratch};
   const std::vector<float> bias = bias_f32(args.bias, sh.k);
-  const int64_t run = filter_row_runs ? sh.s * cg : cg;
-  const std::vector<float> zeros(static_cast<size_t>(run), 0.0f);
   for (int64_t g = 0; g < sh.groups; ++g) {
     const float* wmat = pack_weight(args.weight, g, kg, true, kernel);
     if (!wmat) return {StatusCode::out_of_memory, kNoWeightScratch};
-    const ForwardWindows windows{in.data, sh.h, in.w, sh.c, filter_row_runs ? prm.pad_w : 0, g * cg, sh.p, sh.q,
-                                 sh.s, filter_row_runs, prm, zeros.data()};
+    const ForwardWindows windows = in.windows(g);
     const Output c{cpu_elements::advance(out.data, g * kg), DType::f32, sh.k, rows, kg};
-    ANVIL_RETURN_IF_ERROR(cpu_gemm::run({Term{in_runs(windows, run), packed_weight(wmat), sh.r * sh.s * cg}}, c, 1.0f, 0.0f,
-                                        bias.empty() ? nullptr : bias.data() + g * kg, 1, kernel));
+    ANVIL_RETURN_IF_ERROR(cpu_gemm::run({Term{in_runs(windows, in.run), packed_weight(wmat), sh.r * sh.s * cg}}, c,
+                                        1.0f, 0.0f, bias.empty() ? nullptr : bias.data() + g * kg, 1, kernel));
   }
   out.commit();
+  return Status::Ok();
+}
+
+// Grad input through columns, for groups of few channels feeding enough outputs (conv1:
+// 3 channels, 64 outputs). The transposed-window GEMM would compute 3 live columns of each
+// 32-wide tile. Instead, per chunk of output rows, dCol[(p, q), (r, s, c)] = dO W_g is one
+// GEMM with R*S*cg columns, and then each input pixel the chunk reaches adds its taps'
+// columns: a gather, input rows to threads, so no two threads write one element and the
+// sum's order is fixed. Chunks keep dCol near 1 MiB.
+bool by_columns(const conv2d_desc::Shape& sh) { return sh.c_per_group() < kShortRun && sh.k_per_group() >= 8; }
+
+Status grad_input_by_columns(const Conv2dBackwardArgs& args, const conv2d_desc::Shape& sh, const NhwcImage& grad,
+                             float* gi, const MicroKernel& kernel) {
+  const Conv2dParams& prm = args.params;
+  const int64_t cg = sh.c_per_group(), kg = sh.k_per_group(), width = sh.r * sh.s * cg;
+  std::fill(gi, gi + sh.n * sh.h * sh.w * sh.c, 0.0f);
+  if (width == 0 || kg == 0 || sh.p == 0 || sh.q == 0) return Status::Ok();
+  const int64_t chunk = std::clamp<int64_t>((int64_t(1) << 18) / (sh.q * width), 1, sh.p);  // output rows
+  auto* dcol = static_cast<float*>(cpu::scratch(size_t(chunk * sh.q * width) * sizeof(float), kColumnsSlot));
+  if (!dcol) return {StatusCode::out_of_memory, "cpu conv2d: cannot allocate the grad-input columns"};
+  for (int64_t g = 0; g < sh.groups; ++g) {
+    const float* wmat = pack_weight_columns(args.weight, g, kg, kernel);
+    if (!wmat) return {StatusCode::out_of_memory, kNoWeightScratch};
+    for (int64_t n = 0; n < sh.n; ++n)
+      for (int64_t p0 = 0; p0 < sh.p; p0 += chunk) {
+        const int64_t p1 = std::min(sh.p, p0 + chunk);
+        const Matrix a{grad.data + (n * sh.p + p0) * sh.q * sh.k + g * kg, DType::f32, sh.k, 1};
+        const Output c{dcol, DType::f32, width, (p1 - p0) * sh.q, width};
+        ANVIL_RETURN_IF_ERROR(cpu_gemm::run({Term{a, packed_weight(wmat), kg}}, c, 1.0f, 0.0f, nullptr, 0, kernel));
+        const int64_t y0 = std::max<int64_t>(0, p0 * prm.stride_h - prm.pad_h);
+        const int64_t y1 = std::min(sh.h, (p1 - 1) * prm.stride_h - prm.pad_h + (sh.r - 1) * prm.dilation_h + 1);
+        const int threads = (y1 - y0) * sh.w * width < (int64_t(1) << 15) ? 1 : cpu::threads_for_call();
+#pragma omp parallel for num_threads(threads) schedule(static)
+        for (int64_t y = y0; y < y1; ++y)
+          for (int64_t x = 0; x < sh.w; ++x) {
+            float* out = gi + ((n * sh.h + y) * sh.w + x) * sh.c + g * cg;
+            for (int64_t r = 0; r < sh.r; ++r) {
+              const int64_t num_y = y + prm.pad_h - r * prm.dilation_h;
+              if (num_y < 0 || num_y % prm.stride_h != 0 || num_y / prm.stride_h < p0 || num_y / prm.stride_h >= p1)
+                continue;
+              for (int64_t s = 0; s < sh.s; ++s) {
+                const int64_t num_x = x + prm.pad_w - s * prm.dilation_w;
+                if (num_x < 0 || num_x % prm.stride_w != 0 || num_x / prm.stride_w >= sh.q) continue;
+                const float* col = dcol + ((num_y / prm.stride_h - p0) * sh.q + num_x / prm.stride_w) * width +
+                                   (r * sh.s + s) * cg;
+                for (int64_t ch = 0; ch < cg; ++ch) out[ch] += col[ch];
+              }
+            }
+          }
+      }
+  }
   return Status::Ok();
 }
 
@@ -354,7 +444,8 @@ Status backward(const Conv2dBackwardArgs& args, const MicroKernel& kernel) {
     NhwcTarget gi(*args.grad_input);
     if (!gi.data) return {StatusCode::out_of_memory, kNoImageScratch};
     const std::vector<float> zeros(static_cast<size_t>(kg), 0.0f);
-    for (int64_t g = 0; g < sh.groups; ++g) {
+    if (by_columns(sh)) ANVIL_RETURN_IF_ERROR(grad_input_by_columns(args, sh, grad, gi.data, kernel));
+    for (int64_t g = 0; g < sh.groups && !by_columns(sh); ++g) {
       const float* wmat = pack_weight(args.weight, g, kg, false, kernel);
       if (!wmat) return {StatusCode::out_of_memory, kNoWeightScratch};
       const TransposedWindows windows{grad.data, sh.p, sh.q, sh.k, g * kg, sh.h, sh.w, sh.s, prm, zeros.data()};
@@ -365,17 +456,16 @@ Status backward(const Conv2dBackwardArgs& args, const MicroKernel& kernel) {
     gi.commit();
   }
   if (args.grad_weight) {
-    const NhwcImage in(args.input, kSecondImageSlot);
-    if (!in.data) return {StatusCode::out_of_memory, kNoImageScratch};
+    const ImageOperand in(args.input, sh, prm, kSecondImageSlot);
+    if (!in.image.data) return {StatusCode::out_of_memory, kNoImageScratch};
     const TensorRef& gw = *args.grad_weight;
     std::vector<float> dw(size_t(kg * sh.r * sh.s * cg));  // (k, (r, s, c)) of one group
-    const std::vector<float> zeros(static_cast<size_t>(cg), 0.0f);
     for (int64_t g = 0; g < sh.groups; ++g) {
-      const ForwardWindows windows{in.data, sh.h, sh.w, sh.c, 0, g * cg, sh.p, sh.q, sh.s, false, prm, zeros.data()};
+      const ForwardWindows windows = in.windows(g);
       const Matrix a{cpu_elements::advance(grad.data, g * kg), DType::f32, 1, sh.k};  // dO^T: (k, (n,p,q))
       const Output c{dw.data(), DType::f32, sh.r * sh.s * cg, kg, sh.r * sh.s * cg};
       ANVIL_RETURN_IF_ERROR(
-          cpu_gemm::run({Term{a, in_runs(windows, cg), sh.n * sh.p * sh.q}}, c, 1.0f, 0.0f, nullptr, 0, kernel));
+          cpu_gemm::run({Term{a, in_runs(windows, in.run), sh.n * sh.p * sh.q}}, c, 1.0f, 0.0f, nullptr, 0, kernel));
       for (int64_t k = 0; k < kg; ++k)
         for (int64_t r = 0; r < sh.r; ++r)
           for (int64_t s = 0; s < sh.s; ++s)

@@ -244,8 +244,52 @@ void pack_b_sliver(const Matrix& b, int64_t k0, int64_t n0, int64_t ncols, const
   }
 }
 
+// B in runs (conv2d's image as the grad-weight B) into f32 slivers, block rows [k0, k0 + kc)
+// and columns [n0, n0 + ncols). Work items of (run, 64 rows) go to the threads of the
+// enclosing parallel region; each locates its rows' starts with one locate() call and
+// copies the run's part of each row into the slivers it spans. Called by every thread.
+void pack_b_runs(const Matrix& b, int64_t k0, int64_t kc, int64_t n0, int64_t ncols, const SliverWriter& w,
+                 float* dst) {
+  constexpr int64_t kRowsPerItem = 64;
+  const int64_t run = b.runs.run, first = n0 / run, runs = (n0 + ncols - 1) / run - first + 1;
+  const int64_t chunks = (kc + kRowsPerItem - 1) / kRowsPerItem;
+  const float* starts[kRowsPerItem];
+#pragma omp for schedule(static) nowait
+  for (int64_t item = 0; item < runs * chunks; ++item) {
+    const int64_t index = first + item / chunks, r0 = item % chunks * kRowsPerItem;
+    const int64_t rows = std::min(kRowsPerItem, kc - r0);
+    const int64_t c_begin = std::max(n0, index * run), c_end = std::min(n0 + ncols, (index + 1) * run);
+    b.runs.locate(b.runs.ctx, index, k0 + r0, rows, starts);
+    for (int64_t k = 0; k < rows; ++k)
+      for (int64_t col = c_begin; col < c_end;) {
+        const int64_t sliver = (col - n0) / w.width, lane = (col - n0) % w.width;
+        const int64_t length = std::min(c_end - col, w.width - lane);
+        std::memcpy(dst + sliver * w.elements() + (r0 + k) * w.width + lane, starts[k] + (col - index * run),
+                    size_t(length) * sizeof(float));
+        col += length;
+      }
+  }
+  if (const int64_t edge = ncols % w.width; edge != 0) {  // the last sliver's lanes past ncols
+    float* last = dst + (ncols / w.width) * w.elements();
+#pragma omp for schedule(static) nowait
+    for (int64_t k = 0; k < kc; ++k) std::fill(last + k * w.width + edge, last + (k + 1) * w.width, 0.0f);
+  }
+#pragma omp barrier
+}
+
 void pack_a_sliver(const Matrix& a, int64_t m0, int64_t rows, int64_t k0, const SliverWriter& w, void* dst,
                    float* tmp) {
+  if (!w.bf16 && w.packing.group == 1 && w.packing.k_multiple == 1 && a.dtype == DType::f32 && !a.in_runs() && a.row_stride == 1) {
+    // Column-major f32 A (a transposed operand; conv2d's grad_output^T): each k step of the
+    // sliver is MR adjacent elements of one column, a copy.
+    const float* column = static_cast<const float*>(a.data) + k0 * a.col_stride + m0;
+    float* out = static_cast<float*>(dst);
+    for (int64_t k = 0; k < w.kc; ++k, column += a.col_stride, out += w.width) {
+      std::memcpy(out, column, size_t(rows) * sizeof(float));
+      std::fill(out + rows, out + w.width, 0.0f);
+    }
+    return;
+  }
   const bfloat16* raw = raw_bf16(a, w.bf16);
   for (int64_t i = 0; i < w.width; ++i) {
     if (i >= rows) {
@@ -515,7 +559,9 @@ Status run(const std::vector<Term>& given, const Output& c, float alpha, float b
         {
           if (kernel.enter) kernel.enter();
           std::vector<float> tmp(size_t(std::max(kc, 2 * nc) + 1));
-          if (pack_b && packs_by_row(term.b, b_writer)) {
+          if (pack_b && term.b.in_runs() && !kernel.bf16) {
+            pack_b_runs(term.b, pc, kc, jc, nc, b_writer, static_cast<float*>(packed_b));
+          } else if (pack_b && packs_by_row(term.b, b_writer)) {
             const int64_t steps = b_writer.k_steps() / kernel.b.group;
 #pragma omp for schedule(static)
             for (int64_t step = 0; step < steps; ++step)
