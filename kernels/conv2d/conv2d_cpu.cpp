@@ -157,8 +157,6 @@ void transpose_f32(const float* src, int64_t col_stride, int64_t lanes, int64_t 
   for (; i + 4 <= inner; i += 4) {
     int64_t l = 0;
     for (; l + 4 <= lanes; l += 4) {
-      if (i % 16 == 0)  // a line of each row per 4 steps; rows are far apart, so fetch ahead
-        for (int64_t ll = l; ll < l + 4; ++ll) _mm_prefetch(reinterpret_cast<const char*>(src + ll * col_stride + i + 32), _MM_HINT_T0);
       __m128 r0 = _mm_loadu_ps(src + l * col_stride + i), r1 = _mm_loadu_ps(src + (l + 1) * col_stride + i);
       __m128 r2 = _mm_loadu_ps(src + (l + 2) * col_stride + i), r3 = _mm_loadu_ps(src + (l + 3) * col_stride + i);
       _MM_TRANSPOSE4_PS(r0, r1, r2, r3);
@@ -180,7 +178,8 @@ bool move_f32_tap(const float* src, int64_t inner_stride, int64_t col_stride, in
   if (inner_stride == 1) {
     transpose_f32(src, col_stride, lanes, inner, nr, dst);
   } else if (col_stride == 1) {
-    for (int64_t i = 0; i < inner; ++i) std::memcpy(dst + i * nr, src + i * inner_stride, size_t(lanes) * sizeof(float));
+    for (int64_t i = 0; i < inner; ++i)
+      std::memcpy(dst + i * nr, src + i * inner_stride, size_t(lanes) * sizeof(float));
   } else {
     return false;
   }
@@ -204,7 +203,8 @@ void pack_weight_typed(const TensorRef& wt, int64_t g, int64_t kg, bool rows_are
       const T* src = base + (tap / s_max) * sr + (tap % s_max) * ss + j * nr * col_stride;
       float* dst = out + (j * rows + tap * inner) * nr;
       bool moved = false;
-      if constexpr (std::is_same_v<T, float>) moved = move_f32_tap(src, inner_stride, col_stride, lanes, inner, nr, dst);
+      if constexpr (std::is_same_v<T, float>)
+        moved = move_f32_tap(src, inner_stride, col_stride, lanes, inner, nr, dst);
       if (!moved)
         for (int64_t i = 0; i < inner; ++i)
           for (int64_t l = 0; l < lanes; ++l) dst[i * nr + l] = to_f32(src + i * inner_stride + l * col_stride);
@@ -215,7 +215,8 @@ void pack_weight_typed(const TensorRef& wt, int64_t g, int64_t kg, bool rows_are
 
 // The packed weight of group g in the calling thread's scratch, or null when it cannot be
 // allocated.
-const float* pack_weight(const TensorRef& wt, int64_t g, int64_t kg, bool rows_are_channels, const MicroKernel& kernel) {
+const float* pack_weight(const TensorRef& wt, int64_t g, int64_t kg, bool rows_are_channels,
+                         const MicroKernel& kernel) {
   const int64_t cols = rows_are_channels ? kg : wt.shape[1], nr = kernel.nr;
   const int64_t floats = (cols + nr - 1) / nr * nr * wt.shape[2] * wt.shape[3] * (rows_are_channels ? wt.shape[1] : kg);
   auto* out = static_cast<float*>(cpu::scratch(std::max<size_t>(size_t(floats) * sizeof(float), 64), kWeightSlot));
@@ -234,7 +235,8 @@ const float* pack_weight(const TensorRef& wt, int64_t g, int64_t kg, bool rows_a
 const float* pack_weight_columns(const TensorRef& wt, int64_t g, int64_t kg, const MicroKernel& kernel) {
   const int64_t cg = wt.shape[1], s_max = wt.shape[3], width = wt.shape[2] * s_max * cg, nr = kernel.nr;
   const int64_t slivers = (width + nr - 1) / nr;
-  auto* out = static_cast<float*>(cpu::scratch(std::max<size_t>(size_t(slivers * kg * nr) * sizeof(float), 64), kWeightSlot));
+  auto* out =
+      static_cast<float*>(cpu::scratch(std::max<size_t>(size_t(slivers * kg * nr) * sizeof(float), 64), kWeightSlot));
   if (!out) return nullptr;
   for (int64_t j = 0; j < slivers; ++j)
     for (int64_t k = 0; k < kg; ++k)
@@ -310,7 +312,8 @@ struct TransposedWindows {
       const int64_t num_y = y + g.prm.pad_h - r * g.prm.dilation_h, num_x = x + g.prm.pad_w - s * g.prm.dilation_w;
       const bool hit = num_y >= 0 && num_x >= 0 && num_y % g.prm.stride_h == 0 && num_x % g.prm.stride_w == 0 &&
                        num_y / g.prm.stride_h < g.p && num_x / g.prm.stride_w < g.q;
-      out[i] = hit ? g.grad + ((n * g.p + num_y / g.prm.stride_h) * g.q + num_x / g.prm.stride_w) * g.k + g.k0 : g.zeros;
+      out[i] = hit ? g.grad + ((n * g.p + num_y / g.prm.stride_h) * g.q + num_x / g.prm.stride_w) * g.k + g.k0
+                   : g.zeros;
       if (++x == g.w) {
         x = 0;
         if (++y == g.h) y = 0, ++n;

@@ -9,6 +9,10 @@
 // grid are split across threads; all threads share the packed blocks.
 // Small M (<= kUnpackedMaxM, LLM decode) with row-major f32 B skips packing B: the
 // micro-kernel streams B rows in place, since packing would double B's memory traffic.
+// A in runs (conv2d's image windows, and row-major f32 A facing few B slivers) is not
+// packed either: the f32 kernels read its rows in place through per-sliver row pointers,
+// K is blocked on whole runs, and M is not blocked (ir x jr is one loop, no barrier).
+// B may come packed over all of K by the caller (conv2d's weights).
 // 16-bit outputs accumulate in an f32 workspace; each tile is rounded once into the output
 // right after its last k block, while its workspace lines are still in cache.
 #include "kernels/gemm/gemm_cpu.h"
@@ -279,7 +283,8 @@ void pack_b_runs(const Matrix& b, int64_t k0, int64_t kc, int64_t n0, int64_t nc
 
 void pack_a_sliver(const Matrix& a, int64_t m0, int64_t rows, int64_t k0, const SliverWriter& w, void* dst,
                    float* tmp) {
-  if (!w.bf16 && w.packing.group == 1 && w.packing.k_multiple == 1 && a.dtype == DType::f32 && !a.in_runs() && a.row_stride == 1) {
+  if (!w.bf16 && w.packing.group == 1 && w.packing.k_multiple == 1 && a.dtype == DType::f32 && !a.in_runs() &&
+      a.row_stride == 1) {
     // Column-major f32 A (a transposed operand; conv2d's grad_output^T): each k step of the
     // sliver is MR adjacent elements of one column, a copy.
     const float* column = static_cast<const float*>(a.data) + k0 * a.col_stride + m0;
