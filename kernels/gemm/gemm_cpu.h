@@ -103,7 +103,7 @@ struct Matrix {
   const void* data = nullptr;
   DType dtype = DType::f32;
   int64_t row_stride = 0, col_stride = 0;
-  Runs runs;
+  Runs runs = {};
   bool whole_slivers = false;
   bool in_runs() const { return runs.locate != nullptr; }
 };
