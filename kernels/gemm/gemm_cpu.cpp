@@ -310,15 +310,21 @@ void pack_a_sliver(const Matrix& a, int64_t m0, int64_t rows, int64_t k0, const 
 
 // The k block of a term that starts at pc: up to KC, or for A in runs whole runs (a run
 // longer than KC in equal pieces), so that each row of the block is a list of equal runs.
+// A tail of at most a quarter of a block's runs joins the block before it: each block is a
+// pass of loads and stores over C, and a 3x3 conv over 64 channels (9 runs of 64, 8 to a
+// block) would spend a whole pass on its ninth tap.
 struct KBlock {
   int64_t kc;
   int64_t run;  // length of each run of A in the block; 0 when A is not in runs
 };
-KBlock k_block_at(const Term& term, int64_t pc, int64_t kc_max) {
-  if (!term.a.in_runs()) return {std::min(kc_max, term.k - pc), 0};
+KBlock k_block_at(const Term& term, int64_t pc, int64_t kc) {
+  if (!term.a.in_runs()) return {std::min(kc, term.k - pc), 0};
   const int64_t run = term.a.runs.run;
-  if (run <= kc_max) return {std::min(kc_max / run * run, term.k - pc), run};
-  const int64_t pieces = (run + kc_max - 1) / kc_max, piece = (run + pieces - 1) / pieces;
+  if (run <= kc) {
+    const int64_t per_block = kc / run, left = (term.k - pc) / run;
+    return {(left <= per_block + per_block / 4 ? left : per_block) * run, run};
+  }
+  const int64_t pieces = (run + kc - 1) / kc, piece = (run + pieces - 1) / pieces;
   const int64_t length = std::min(piece, run - pc % run);
   return {length, length};
 }
@@ -522,7 +528,8 @@ Status run(const std::vector<Term>& given, const Output& c, float alpha, float b
 
   const int64_t mr = kernel.mr, nr = kernel.nr;
   const int64_t elem = kernel.bf16 ? 2 : 4;
-  const int64_t kc_max = round_up(blk.kc, std::max(kernel.a.k_multiple, kernel.b.k_multiple));
+  // The deepest k block: KC, or for A in runs up to a quarter more (k_block_at).
+  const int64_t kc_max = round_up(blk.kc + blk.kc / 4, std::max(kernel.a.k_multiple, kernel.b.k_multiple));
   const int64_t nc_max = std::min(blk.nc, (N + nr - 1) / nr * nr), mc_max = std::min(blk.mc, (M + mr - 1) / mr * mr);
   void* packed_b = cpu::scratch(size_t(nc_max * kc_max * elem), 0);
   void* packed_a = cpu::scratch(size_t(mc_max * kc_max * elem), 1);
