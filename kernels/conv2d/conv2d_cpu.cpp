@@ -89,8 +89,9 @@ template <class Visit> void visit_dtype(DType dtype, const Visit& visit) {
 // An image as packed f32 NHWC: the tensor itself when it already is and needs no padding,
 // else a converted copy in cpu scratch, `pad_left` and `pad_right` zero columns wider.
 struct NhwcImage {
-  const float* data = nullptr;  // null only when the copy cannot be allocated
-  int64_t n, c, h, w;           // w: the stored width
+  const float* data = nullptr;
+  bool ok = true;  // false when the copy cannot be allocated
+  int64_t n, c, h, w;  // w: the stored width
   NhwcImage(const TensorRef& t, ScratchSlot slot, int64_t pad_left = 0, int64_t pad_right = 0)
       : n(t.shape[0]), c(t.shape[1]), h(t.shape[2]), w(t.shape[3] + pad_left + pad_right) {
     if (is_f32_nhwc(t) && pad_left == 0 && pad_right == 0) {
@@ -98,7 +99,10 @@ struct NhwcImage {
       return;
     }
     auto* copy = static_cast<float*>(cpu::scratch(std::max<size_t>(size_t(n * h * w * c) * sizeof(float), 64), slot));
+    ok = copy != nullptr;
     if (!copy) return;
+    data = copy;
+    if (t.numel() == 0) return;  // nothing to convert (and an empty view may have no data)
     visit_dtype(t.dtype, [&](auto type) {
       using T = decltype(type);
       for_each_pixel_row(n, h, n * h * w * c, [&](int64_t in, int64_t y) {
@@ -108,7 +112,6 @@ struct NhwcImage {
         std::fill(row + (w - pad_right) * c, row + w * c, 0.0f);
       });
     });
-    data = copy;
   }
 };
 
@@ -116,7 +119,8 @@ struct NhwcImage {
 // cpu scratch written back (rounded once) by commit().
 struct NhwcTarget {
   const TensorRef& t;
-  float* data = nullptr;  // null only when the scratch cannot be allocated
+  float* data = nullptr;
+  bool ok = true;  // false when the scratch cannot be allocated
   bool staged = false;
   explicit NhwcTarget(const TensorRef& out) : t(out) {
     if (is_f32_nhwc(out)) {
@@ -125,9 +129,10 @@ struct NhwcTarget {
     }
     staged = true;
     data = static_cast<float*>(cpu::scratch(std::max<size_t>(size_t(out.numel()) * sizeof(float), 64), kTargetSlot));
+    ok = data != nullptr;
   }
   void commit() const {
-    if (!staged) return;
+    if (!staged || t.numel() == 0) return;
     const int64_t n = t.shape[0], c = t.shape[1], h = t.shape[2], w = t.shape[3];
     visit_dtype(t.dtype, [&](auto type) {
       for_each_pixel_row(n, h, n * h * w * c, [&](int64_t in, int64_t y) {
@@ -372,7 +377,7 @@ Status forward(const Conv2dArgs& args, const MicroKernel& kernel) {
   const int64_t cg = sh.c_per_group(), kg = sh.k_per_group(), rows = sh.n * sh.p * sh.q;
   const ImageOperand in(args.input, sh, args.params, kImageSlot);
   NhwcTarget out(args.output);
-  if (!in.image.data || !out.data) return {StatusCode::out_of_memory, kNoImageScratch};
+  if (!in.image.ok || !out.ok) return {StatusCode::out_of_memory, kNoImageScratch};
   const std::vector<float> bias = bias_f32(args.bias, sh.k);
   for (int64_t g = 0; g < sh.groups; ++g) {
     const float* wmat = pack_weight(args.weight, g, kg, true, kernel);
@@ -441,11 +446,11 @@ Status backward(const Conv2dBackwardArgs& args, const MicroKernel& kernel) {
   const auto sh = conv2d_desc::shape_of(args.input, args.weight, args.params);
   const int64_t cg = sh.c_per_group(), kg = sh.k_per_group();
   const NhwcImage grad(args.grad_output, kImageSlot);
-  if (!grad.data) return {StatusCode::out_of_memory, kNoImageScratch};
+  if (!grad.ok) return {StatusCode::out_of_memory, kNoImageScratch};
   const Conv2dParams& prm = args.params;
   if (args.grad_input) {
     NhwcTarget gi(*args.grad_input);
-    if (!gi.data) return {StatusCode::out_of_memory, kNoImageScratch};
+    if (!gi.ok) return {StatusCode::out_of_memory, kNoImageScratch};
     const std::vector<float> zeros(static_cast<size_t>(kg), 0.0f);
     if (by_columns(sh)) ANVIL_RETURN_IF_ERROR(grad_input_by_columns(args, sh, grad, gi.data, kernel));
     for (int64_t g = 0; g < sh.groups && !by_columns(sh); ++g) {
@@ -460,7 +465,7 @@ Status backward(const Conv2dBackwardArgs& args, const MicroKernel& kernel) {
   }
   if (args.grad_weight) {
     const ImageOperand in(args.input, sh, prm, kSecondImageSlot);
-    if (!in.image.data) return {StatusCode::out_of_memory, kNoImageScratch};
+    if (!in.image.ok) return {StatusCode::out_of_memory, kNoImageScratch};
     const TensorRef& gw = *args.grad_weight;
     std::vector<float> dw(size_t(kg * sh.r * sh.s * cg));  // (k, (r, s, c)) of one group
     for (int64_t g = 0; g < sh.groups; ++g) {

@@ -298,6 +298,26 @@ TEST_P(Conv2dKernel, OverlappingInputView) {
   for (size_t i = 0; i < got.size(); ++i) EXPECT_EQ(got[i], want[i]) << "element " << i;
 }
 
+// An empty batch may come with no data at all (null pointers): a kernel must return Ok
+// (or refuse), never fail. The cpu conv2d once reported out-of-memory here, taking the
+// null image for a failed scratch allocation.
+TEST_P(Conv2dKernel, EmptyBatchWithoutData) {
+  const std::string kernel = GetParam();
+  SKIP_UNLESS_AVAILABLE(kernel);
+  if (dtype_of_kernel(kernel) != DType::f32) GTEST_SKIP() << "f32 kernels cover the call path";
+  if (!runs_on_host(kernel)) GTEST_SKIP() << backend_of_kernel(kernel) << " does not run on host memory";
+  std::vector<float> w(2 * 3 * 3 * 3, 1.0f);
+  for (const Layout layout : {Layout::nhwc, Layout::nchw}) {
+    Conv2dArgs a{image_tensor(nullptr, DType::f32, layout, 0, 3, 5, 5),
+                 TensorRef::contiguous(w.data(), DType::f32, {2, 3, 3, 3}),
+                 image_tensor(nullptr, DType::f32, layout, 0, 2, 5, 5), std::nullopt,
+                 Conv2dParams{1, 1, 1, 1, 1, 1, 1}};
+    ScopedOverrides force({"", kernel});
+    const Status s = conv2d(a);
+    EXPECT_TRUE(s.ok() || s.code() == StatusCode::unsupported) << s.message();
+  }
+}
+
 TEST_P(Conv2dKernel, ExactTier) { run_conv_sweep(GetParam(), Values::small_ints); }
 TEST_P(Conv2dKernel, RelativeTier) { run_conv_sweep(GetParam(), Values::normal); }
 INSTANTIATE_TEST_SUITE_P(All, Conv2dKernel, testing::ValuesIn(kernel_names(Op::conv2d)), printable);
