@@ -151,8 +151,9 @@ constexpr const char* kNoImageScratch = "cpu conv2d: cannot allocate an image co
 // zero past the last column. Work goes to threads by (sliver, tap).
 //
 // Per tap this is a copy of a (lanes x inner) source: src(l, i) = w[..] at l * col_stride +
-// i * inner_stride into dst(i, l). Its cost is instructions, not memory (res5 3x3: 2.4 M
-// elements), so the layouts torch uses get block moves:
+// i * inner_stride into dst(i, l). Element by element it is a load and a store per weight
+// (res5 3x3: 2.4 M of them, the largest share of the call), so the layouts torch uses get
+// block moves:
 //   col_stride 1 (grad input from KRSC weights): rows of lanes are contiguous: copies;
 //   inner_stride 1 (forward from KRSC weights): 4 x 4 SSE transposes, 4 i (one line in
 //     four) across the sliver's lanes, so that each source line serves four steps from L1;
@@ -246,7 +247,7 @@ const float* pack_weight_columns(const TensorRef& wt, int64_t g, int64_t kg, con
   for (int64_t j = 0; j < slivers; ++j)
     for (int64_t k = 0; k < kg; ++k)
       for (int64_t l = 0; l < nr; ++l) {
-        const int64_t col = j * nr + l, tap = col / std::max<int64_t>(cg, 1), c = col % std::max<int64_t>(cg, 1);
+        const int64_t col = j * nr + l, tap = col / cg, c = col % cg;  // width > 0, so cg > 0
         out[(j * kg + k) * nr + l] =
             col < width ? cpu_elements::load(wt, (g * kg + k) * wt.strides[0] + c * wt.strides[1] +
                                                      (tap / s_max) * wt.strides[2] + (tap % s_max) * wt.strides[3])
