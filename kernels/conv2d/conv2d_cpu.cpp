@@ -443,6 +443,23 @@ Status grad_input_by_columns(const Conv2dBackwardArgs& args, const conv2d_desc::
   return Status::Ok();
 }
 
+// Grad input as the GEMM of the transposed windows of dO (one run of kg per filter tap)
+// with the weight packed as rows (r, s, k), columns c.
+Status grad_input_by_windows(const Conv2dBackwardArgs& args, const conv2d_desc::Shape& sh, const NhwcImage& grad,
+                             float* gi, const MicroKernel& kernel) {
+  const int64_t cg = sh.c_per_group(), kg = sh.k_per_group();
+  const std::vector<float> zeros(static_cast<size_t>(kg), 0.0f);
+  for (int64_t g = 0; g < sh.groups; ++g) {
+    const float* wmat = pack_weight(args.weight, g, kg, false, kernel);
+    if (!wmat) return {StatusCode::out_of_memory, kNoWeightScratch};
+    const TransposedWindows windows{grad.data, sh.p, sh.q, sh.k, g * kg, sh.h, sh.w, sh.s, args.params, zeros.data()};
+    const Output c{cpu_elements::advance(gi, g * cg), DType::f32, sh.c, sh.n * sh.h * sh.w, cg};
+    ANVIL_RETURN_IF_ERROR(cpu_gemm::run({Term{in_runs(windows, kg), packed_weight(wmat), sh.r * sh.s * kg}}, c, 1.0f,
+                                        0.0f, nullptr, 0, kernel));
+  }
+  return Status::Ok();
+}
+
 Status backward(const Conv2dBackwardArgs& args, const MicroKernel& kernel) {
   const auto sh = conv2d_desc::shape_of(args.input, args.weight, args.params);
   const int64_t cg = sh.c_per_group(), kg = sh.k_per_group();
@@ -452,16 +469,8 @@ Status backward(const Conv2dBackwardArgs& args, const MicroKernel& kernel) {
   if (args.grad_input) {
     NhwcTarget gi(*args.grad_input);
     if (!gi.ok) return {StatusCode::out_of_memory, kNoImageScratch};
-    const std::vector<float> zeros(static_cast<size_t>(kg), 0.0f);
-    if (by_columns(sh)) ANVIL_RETURN_IF_ERROR(grad_input_by_columns(args, sh, grad, gi.data, kernel));
-    for (int64_t g = 0; g < sh.groups && !by_columns(sh); ++g) {
-      const float* wmat = pack_weight(args.weight, g, kg, false, kernel);
-      if (!wmat) return {StatusCode::out_of_memory, kNoWeightScratch};
-      const TransposedWindows windows{grad.data, sh.p, sh.q, sh.k, g * kg, sh.h, sh.w, sh.s, prm, zeros.data()};
-      const Output c{cpu_elements::advance(gi.data, g * cg), DType::f32, sh.c, sh.n * sh.h * sh.w, cg};
-      ANVIL_RETURN_IF_ERROR(cpu_gemm::run({Term{in_runs(windows, kg), packed_weight(wmat), sh.r * sh.s * kg}}, c, 1.0f,
-                                          0.0f, nullptr, 0, kernel));
-    }
+    ANVIL_RETURN_IF_ERROR(by_columns(sh) ? grad_input_by_columns(args, sh, grad, gi.data, kernel)
+                                         : grad_input_by_windows(args, sh, grad, gi.data, kernel));
     gi.commit();
   }
   if (args.grad_weight) {
