@@ -12,7 +12,7 @@
 // (top-left alignment: query i attends keys j <= i, as torch). K and V are packed to f32
 // once per (batch, kv head) and shared by the kv head's query heads (GQA/MQA, no copies per
 // head). Work items (batch, head, query block) are spread over OpenMP threads.
-// The backward (see backward()) packs every operand once per call, and only dS per block.
+// The backward (see backward()) packs every operand once per call.
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -353,14 +353,33 @@ struct BackwardOperands {
   const float* k_at(int64_t bh, int64_t s, int64_t k0) const { return k + bh * k_slab + (s * lk + k0) * nr; }
 };
 
+// Writes a key block's gradient, accumulated transposed (dims x keys, row stride ld), into
+// rows k0 .. k0 + keys of head h of batch b of dst. f32 rows with unit stride (the usual
+// case) are stored directly: the generic store's dtype switch per element cost a tenth of
+// a backward at s1024 d128.
+void store_key_rows(const float* src, int64_t ld, int64_t dims, int64_t keys, const TensorRef& dst, int64_t b, int64_t h,
+                    int64_t k0) {
+  const bool f32_rows = dst.dtype == DType::f32 && (dims <= 1 || dst.strides[3] == 1);
+  for (int64_t j = 0; j < keys; ++j) {
+    const int64_t base = b * dst.strides[0] + h * dst.strides[1] + (k0 + j) * dst.strides[2];
+    if (f32_rows) {
+      float* row = dst.ptr<float>() + base;
+      for (int64_t e = 0; e < dims; ++e) row[e] = src[e * ld + j];
+    } else {
+      for (int64_t e = 0; e < dims; ++e) cpu_elements::store(dst, base + e * dst.strides[3], src[e * ld + j]);
+    }
+  }
+}
+
 // Backward (FlashAttention-2 order): work items are (batch, kv head, key block), so each
 // owns its rows of dK and dV; for every query head of the kv head's group and every query
 // block that can see the key block (P and dP held as NR-key tiles of query rows, the
 // layout of a B operand):
 //   P  = exp(scale Q K^T (masked) - lse)      dV^T += dO^T P
 //   dP = dO V^T      dS = scale P (dP - D)    dK^T += Q^T dS      dQ += dS K
-// with D = rowsum(dO * O). Only dS is packed per block (into A slivers, for dQ). dQ rows
-// are shared between items: each thread accumulates its own copy, summed at the end.
+// with D = rowsum(dO * O). dQ reads dS in place as A rows (each row's keys are runs of
+// NR, one per key tile); only a block with a partial key tile packs dS into A slivers.
+// dQ rows are shared between items: each thread accumulates its own copy, summed at the end.
 Status backward(const AttentionBackwardArgs& args) {
   const auto sh = attention_desc::shape_of(args.q, args.k, args.v);
   const float scale = float(attention_desc::scale_of(args.scale, sh.head_dim));
@@ -428,11 +447,35 @@ Status backward(const AttentionBackwardArgs& args) {
     std::vector<float> dkt(static_cast<size_t>(e_slivers * mr * block_k)), dvt(static_cast<size_t>(ev_slivers * mr * block_k));
     const auto tile = [&](const float* a, int64_t kc, const float* b, float* c, int64_t ldc, int64_t rows, int64_t cols,
                           float alpha, float beta) { packed_tile(mk, a, kc, b, c, ldc, rows, cols, alpha, beta); };
+    std::vector<const float*> ds_rows(static_cast<size_t>(kBackwardKeyTiles * mr));
+    // C += A B with A's rows read through pointers, in runs of NR (see cpu_gemm::Tile).
+    const auto rows_tile = [&](const float* const* a_rows, int64_t kc, const float* b, float* c, int64_t ldc,
+                               int64_t rows, int64_t cols) {
+      Tile t;
+      t.kc = kc;
+      t.a = nullptr;
+      t.a_rows = a_rows;
+      t.a_run = nr;
+      t.b = b;
+      t.b_stride = nr;
+      t.b_packed = true;
+      t.c = c;
+      t.ldc = ldc;
+      t.m = int(rows);
+      t.n = int(cols);
+      t.alpha = 1.0f;
+      t.beta = 1.0f;
+      t.bias = nullptr;
+      mk.run(t);
+    };
 #pragma omp for schedule(dynamic)
     for (int64_t item = 0; item < items; ++item) {
       const int64_t b = item / (sh.kv_heads * k_blocks), kvh = item / k_blocks % sh.kv_heads, kb = item % k_blocks;
       const int64_t bh_kv = b * sh.kv_heads + kvh, k0 = kb * block_k, keys = std::min(block_k, Lk - k0);
       const int64_t key_tiles = (keys + nr - 1) / nr;
+      // dQ's A operand, dS, is read in place from its key tiles (rows of NR keys) when
+      // every tile is whole; a partial last tile has shorter runs, so dS is repacked.
+      const bool ds_in_place = mk.reads_rows && keys % nr == 0;
       std::fill(dkt.begin(), dkt.end(), 0.0f);
       std::fill(dvt.begin(), dvt.end(), 0.0f);
       for (int64_t h = kvh * sh.group(); h < (kvh + 1) * sh.group(); ++h)
@@ -461,26 +504,30 @@ Status backward(const AttentionBackwardArgs& args) {
             for (int64_t s = 0; s < e_slivers; ++s)
               tile(ops.qt_at(bh, s, q0), rows, dpt, dkt.data() + s * mr * block_k + t * nr, block_k,
                    std::min(mr, E - s * mr), cols, 1.0f, 1.0f);
-            // dS into A slivers of MR queries over this block's keys
-            for (int64_t i = 0; i < rows; ++i) {
-              float* dst = ds_a.data() + (i / mr) * keys * mr + t * nr * mr + i % mr;
-              for (int64_t j = 0; j < cols; ++j) dst[j * mr] = dpt[i * nr + j];
-            }
+            if (!ds_in_place)  // dS into A slivers of MR queries over this block's keys
+              for (int64_t i = 0; i < rows; ++i) {
+                float* dst = ds_a.data() + (i / mr) * keys * mr + t * nr * mr + i % mr;
+                for (int64_t j = 0; j < cols; ++j) dst[j * mr] = dpt[i * nr + j];
+              }
           }
           // dQ += dS K
-          for (int64_t s = 0; s < q_slivers; ++s)
-            for (int64_t et = 0; et < e_tiles; ++et)
-              tile(ds_a.data() + s * keys * mr, keys, ops.k_at(bh_kv, et, k0), dq + (row0 + s * mr) * E + et * nr,
-                   E, std::min(mr, rows - s * mr), std::min(nr, E - et * nr), 1.0f, 1.0f);
+          for (int64_t s = 0; s < q_slivers; ++s) {
+            const int64_t m = std::min(mr, rows - s * mr);
+            if (ds_in_place)  // row i's keys: one run of NR per key tile
+              for (int64_t t = 0; t < key_tiles; ++t)
+                for (int64_t i = 0; i < m; ++i) ds_rows[size_t(t * mr + i)] = dp.data() + t * block_q * nr + (s * mr + i) * nr;
+            for (int64_t et = 0; et < e_tiles; ++et) {
+              float* c = dq + (row0 + s * mr) * E + et * nr;
+              const int64_t cols = std::min(nr, E - et * nr);
+              if (ds_in_place) rows_tile(ds_rows.data(), keys, ops.k_at(bh_kv, et, k0), c, E, m, cols);
+              else tile(ds_a.data() + s * keys * mr, keys, ops.k_at(bh_kv, et, k0), c, E, m, cols, 1.0f, 1.0f);
+            }
+          }
         }
       const TensorRef& gk = args.grad_k;
       const TensorRef& gv = args.grad_v;
-      for (int64_t j = 0; j < keys; ++j) {
-        const int64_t kbase = b * gk.strides[0] + kvh * gk.strides[1] + (k0 + j) * gk.strides[2];
-        for (int64_t e = 0; e < E; ++e) cpu_elements::store(gk, kbase + e * gk.strides[3], dkt[size_t(e * block_k + j)]);
-        const int64_t vbase = b * gv.strides[0] + kvh * gv.strides[1] + (k0 + j) * gv.strides[2];
-        for (int64_t e = 0; e < Ev; ++e) cpu_elements::store(gv, vbase + e * gv.strides[3], dvt[size_t(e * block_k + j)]);
-      }
+      store_key_rows(dkt.data(), block_k, E, keys, gk, b, kvh, k0);
+      store_key_rows(dvt.data(), block_k, Ev, keys, gv, b, kvh, k0);
     }
     }
   }
