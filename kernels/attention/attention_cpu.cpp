@@ -44,9 +44,12 @@ using cpu_gemm::Tile;
 // (96 x 240 scores in f32 = 90 KiB, L2).
 constexpr int64_t kQueryTiles = 3;
 constexpr int64_t kKeySlivers = 20;
-// Backward blocks: 8 query slivers of MR by 8 key tiles of NR (96 x 256 on AVX-512; P and
-// dP are 96 KiB each in f32, L2).
-constexpr int64_t kBackwardQuerySlivers = 8;
+// Backward blocks: 16 query slivers of MR by 8 key tiles of NR (192 x 256 on AVX-512; P
+// and dP are 192 KiB each in f32, L2). The query count is the depth of the dV and dK
+// products: at 96 their tiles' loads and stores of C cost a sixth more time per backward
+// (s1024 d128 and s512 d64 causal, 2 threads); at 384 the causal diagonal blocks waste more
+// than that gains.
+constexpr int64_t kBackwardQuerySlivers = 16;
 constexpr int64_t kBackwardKeyTiles = 8;
 
 // C (rows x cols, row stride ldc) = alpha * A B + beta * C on one micro-kernel tile: A a
