@@ -460,6 +460,42 @@ Status grad_input_by_windows(const Conv2dBackwardArgs& args, const conv2d_desc::
   return Status::Ok();
 }
 
+// Whether rows k of w hold (r, s, c) densely, in that order (KRSC): the layout of a
+// grad-weight GEMM's output rows. A dim of extent 1 may have any stride.
+bool krsc_rows(const TensorRef& w, const conv2d_desc::Shape& sh) {
+  const int64_t cg = sh.c_per_group();
+  return (cg == 1 || w.strides[1] == 1) && (sh.s == 1 || w.strides[3] == cg) && (sh.r == 1 || w.strides[2] == sh.s * cg);
+}
+
+// The address of row k of w (null for an empty w).
+void* weight_rows(const TensorRef& w, int64_t k) {
+  return w.data ? w.ptr<char>() + k * w.strides[0] * int64_t(dtype_size(w.dtype)) : nullptr;
+}
+
+// Rows k0 .. k0 + count of w from dw, (count, (r, s, c)) dense in f32: threaded by k, along
+// w's (c, r, s) order (KCRS, torch's default weight layout, is then written contiguously).
+void store_grad_weight(const float* dw, const TensorRef& w, int64_t k0, int64_t count, const conv2d_desc::Shape& sh) {
+  const int64_t cg = sh.c_per_group(), taps = sh.r * sh.s * cg;
+  const int threads = count * taps < (int64_t(1) << 15) ? 1 : cpu::threads_for_call();
+  const int64_t stride_k = w.strides[0], stride_c = w.strides[1], stride_r = w.strides[2], stride_s = w.strides[3];
+  float* const w_f32 = w.dtype == DType::f32 ? w.ptr<float>() : nullptr;  // (locals: stores through it alias nothing)
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t k = 0; k < count; ++k) {
+    const float* row = dw + k * taps;
+    const int64_t base = (k0 + k) * stride_k;
+    for (int64_t c = 0; c < cg; ++c)
+      for (int64_t r = 0; r < sh.r; ++r) {
+        const float* src = row + r * sh.s * cg + c;  // (r, s, c) at src[s * cg]
+        const int64_t at = base + c * stride_c + r * stride_r;
+        if (w_f32) {
+          for (int64_t s = 0; s < sh.s; ++s) w_f32[at + s * stride_s] = src[s * cg];
+        } else {
+          for (int64_t s = 0; s < sh.s; ++s) cpu_elements::store(w, at + s * stride_s, src[s * cg]);
+        }
+      }
+  }
+}
+
 Status backward(const Conv2dBackwardArgs& args, const MicroKernel& kernel) {
   const auto sh = conv2d_desc::shape_of(args.input, args.weight, args.params);
   const int64_t cg = sh.c_per_group(), kg = sh.k_per_group();
@@ -477,19 +513,23 @@ Status backward(const Conv2dBackwardArgs& args, const MicroKernel& kernel) {
     const ImageOperand in(args.input, sh, prm, kSecondImageSlot);
     if (!in.image.ok) return {StatusCode::out_of_memory, kNoImageScratch};
     const TensorRef& gw = *args.grad_weight;
-    std::vector<float> dw(size_t(kg * sh.r * sh.s * cg));  // (k, (r, s, c)) of one group
+    const int64_t taps = sh.r * sh.s * cg;  // the (r, s, c) columns of dW
+    // The GEMM writes (k, (r, s, c)) rows: straight into gw when its rows are laid out so
+    // (KRSC, channels_last weights, any dtype), else into scratch, then copied.
+    const bool in_place = krsc_rows(gw, sh);
+    float* dw = nullptr;
+    if (!in_place) {
+      dw = static_cast<float*>(cpu::scratch(std::max<size_t>(size_t(kg * taps) * sizeof(float), 64), kColumnsSlot));
+      if (!dw) return {StatusCode::out_of_memory, "cpu conv2d: cannot allocate the grad-weight workspace"};
+    }
     for (int64_t g = 0; g < sh.groups; ++g) {
       const ForwardWindows windows = in.windows(g);
       const Matrix a{cpu_elements::advance(grad.data, g * kg), DType::f32, 1, sh.k};  // dO^T: (k, (n,p,q))
-      const Output c{dw.data(), DType::f32, sh.r * sh.s * cg, kg, sh.r * sh.s * cg};
+      const Output c = in_place ? Output{weight_rows(gw, g * kg), gw.dtype, gw.strides[0], kg, taps}
+                                : Output{dw, DType::f32, taps, kg, taps};
       ANVIL_RETURN_IF_ERROR(
           cpu_gemm::run({Term{a, in_runs(windows, in.run), sh.n * sh.p * sh.q}}, c, 1.0f, 0.0f, nullptr, 0, kernel));
-      for (int64_t k = 0; k < kg; ++k)
-        for (int64_t r = 0; r < sh.r; ++r)
-          for (int64_t s = 0; s < sh.s; ++s)
-            for (int64_t c = 0; c < cg; ++c)
-              cpu_elements::store(gw, (g * kg + k) * gw.strides[0] + c * gw.strides[1] + r * gw.strides[2] + s * gw.strides[3],
-                            dw[size_t(((k * sh.r + r) * sh.s + s) * cg + c)]);
+      if (!in_place) store_grad_weight(dw, gw, g * kg, kg, sh);
     }
   }
   if (args.grad_bias) {  // a reduction over all output pixels, in f64
