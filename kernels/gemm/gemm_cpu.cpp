@@ -13,6 +13,8 @@
 // packed either: the f32 kernels read its rows in place through per-sliver row pointers,
 // K is blocked on whole runs, and M is not blocked (ir x jr is one loop, no barrier).
 // B may come packed over all of K by the caller (conv2d's weights).
+// A small C over a deep K (conv2d's grad weight) splits K between the threads instead of
+// the tiles: each runs the nest alone into its own f32 copy of C; the copies are summed.
 // 16-bit outputs accumulate in an f32 workspace; each tile is rounded once into the output
 // right after its last k block, while its workspace lines are still in cache.
 #include "kernels/gemm/gemm_cpu.h"
@@ -474,6 +476,87 @@ const std::vector<Term>& with_rows_in_place(const std::vector<Term>& given, int6
   return own;
 }
 
+// B in runs from row k0 on: rows [k0, k0 + k) of it.
+struct ShiftedRuns {
+  Runs runs;
+  int64_t row0 = 0;
+  static void locate(const void* ctx, int64_t index, int64_t row0, int64_t rows, const float** out) {
+    const auto& s = *static_cast<const ShiftedRuns*>(ctx);
+    s.runs.locate(s.runs.ctx, index, row0 + s.row0, rows, out);
+  }
+};
+
+// Term t (A not in runs) over k steps [k0, k0 + k) only; B's shifted runs live in b_runs.
+Term k_slice(const Term& t, int64_t k0, int64_t k, ShiftedRuns& b_runs) {
+  Term slice = t;
+  slice.k = k;
+  slice.a.data = static_cast<const char*>(t.a.data) + k0 * t.a.col_stride * int64_t(dtype_size(t.a.dtype));
+  if (t.b.in_runs()) {
+    b_runs = {t.b.runs, k0};
+    slice.b.runs = Runs{t.b.runs.run, &ShiftedRuns::locate, &b_runs};
+  } else {
+    slice.b.data = static_cast<const char*>(t.b.data) + k0 * t.b.row_stride * int64_t(dtype_size(t.b.dtype));
+  }
+  return slice;
+}
+
+// A small C over a deep k (conv2d's grad weight: 64 x 147 over 12544 pixels for ResNet's
+// conv1; 64 x 64 over 25088 for a 1x1 conv at batch 8) has too few tiles to share out, and
+// each of its many k blocks costs every thread the barriers around packing. The threads
+// then take k ranges instead: each runs a serial GEMM into its own f32 copy of C (cpu
+// scratch slot 2), and the copies are summed once at the end.
+constexpr int64_t kSplitKMaxOutput = int64_t(1) << 16;  // floats of C (256 KiB per thread's copy)
+
+bool splits_k(const std::vector<Term>& terms, int64_t M, int64_t N, int64_t kc, int threads) {
+  return threads > 1 && terms.size() == 1 && !terms[0].a.in_runs() && !terms[0].b.whole_slivers &&
+         M * N <= kSplitKMaxOutput && terms[0].k >= 2 * threads * kc;
+}
+
+Status run_split_k(const Term& term, const Output& c, float alpha, float beta, const float* bias, int threads,
+                   const MicroKernel& kernel) {
+  const int64_t M = c.m, N = c.n;
+  std::vector<float*> partial(static_cast<size_t>(threads), nullptr);
+  std::vector<Status> status(static_cast<size_t>(threads));
+  int count = 1;
+#pragma omp parallel num_threads(threads)
+  {
+#ifdef _OPENMP
+    const int me = omp_get_thread_num();
+#pragma omp single
+    count = omp_get_num_threads();
+#else
+    const int me = 0;
+#endif
+    const int64_t k0 = term.k * me / count, k1 = term.k * (me + 1) / count;
+    float* part = static_cast<float*>(cpu::scratch(size_t(M * N) * sizeof(float), 2));
+    partial[size_t(me)] = part;
+    if (!part) {
+      status[size_t(me)] = {StatusCode::out_of_memory, "cpu gemm: cannot allocate a k-split partial result"};
+    } else {
+      ShiftedRuns b_runs;
+      status[size_t(me)] = run({k_slice(term, k0, k1 - k0, b_runs)}, Output{part, DType::f32, N, M, N}, 1.0f, 0.0f,
+                               nullptr, 0, kernel);
+    }
+#pragma omp barrier
+    bool ok = true;
+    for (int t = 0; t < count; ++t) ok = ok && status[size_t(t)].ok();
+    if (ok) {
+#pragma omp for schedule(static)
+      for (int64_t i = 0; i < M; ++i) {  // in thread order, so that a call's result does not vary
+        float* sum = partial[0] + i * N;
+        for (int t = 1; t < count; ++t) {
+          const float* p = partial[size_t(t)] + i * N;
+          for (int64_t j = 0; j < N; ++j) sum[j] += p[j];
+        }
+        finish_block(c, partial[0], N, i, 1, 0, N, alpha, beta, bias);
+      }
+    }
+  }
+  for (const Status& s : status)
+    if (!s.ok()) return s;
+  return Status::Ok();
+}
+
 }  // namespace
 
 Status run(const std::vector<Term>& given, const Output& c, float alpha, float beta, const void* bias,
@@ -496,13 +579,14 @@ Status run(const std::vector<Term>& given, const Output& c, float alpha, float b
     read_row(bias_row, 0, 0, N, bias_f32.data());
   }
   const float* bias_ptr = bias ? bias_f32.data() : nullptr;
+  const Blocking blk = blocking_for(kernel);
+  if (splits_k(given, M, N, blk.kc, threads)) return run_split_k(given.front(), c, alpha, beta, bias_ptr, threads, kernel);
   if (total_k == 0) {
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t i = 0; i < M; ++i) finish_block(c, nullptr, 0, i, 1, 0, N, alpha, beta, bias_ptr);
     return Status::Ok();
   }
 
-  const Blocking blk = blocking_for(kernel);
   const Term* first_term = nullptr;
   const Term* last_term = nullptr;
   for (const Term& t : terms)
