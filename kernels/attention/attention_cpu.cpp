@@ -362,7 +362,7 @@ struct BackwardOperands {
 // a backward at s1024 d128.
 void store_key_rows(const float* src, int64_t ld, int64_t dims, int64_t keys, const TensorRef& dst, int64_t b, int64_t h,
                     int64_t k0) {
-  const bool f32_rows = dst.dtype == DType::f32 && (dims <= 1 || dst.strides[3] == 1);
+  const bool f32_rows = dst.dtype == DType::f32 && dims > 0 && (dims == 1 || dst.strides[3] == 1);
   for (int64_t j = 0; j < keys; ++j) {
     const int64_t base = b * dst.strides[0] + h * dst.strides[1] + (k0 + j) * dst.strides[2];
     if (f32_rows) {
@@ -535,19 +535,23 @@ Status backward(const AttentionBackwardArgs& args) {
     }
   }
   if (!dq_allocated) return {StatusCode::out_of_memory, "cpu attention backward: cannot allocate dQ workspaces"};
-  // dQ: the sum of the threads' partial copies (rows no key block touched stay 0).
+  // dQ: the sum of the threads' partial copies (rows no key block touched stay 0), summed
+  // straight into f32 rows with unit stride, else through a row of f32 and the generic store.
   const TensorRef& gq = args.grad_q;
+  const bool dq_f32_rows = gq.dtype == DType::f32 && E > 0 && (E == 1 || gq.strides[3] == 1);
 #pragma omp parallel num_threads(threads)
   {
-    std::vector<float> sum(static_cast<size_t>(E));
+    std::vector<float> row(static_cast<size_t>(E));
 #pragma omp for schedule(static)
     for (int64_t r = 0; r < q_rows; ++r) {
       const int64_t b = r / (sh.heads * Lq), h = r / Lq % sh.heads, i = r % Lq;
       const int64_t base = b * gq.strides[0] + h * gq.strides[1] + i * gq.strides[2];
-      std::fill(sum.begin(), sum.end(), 0.0f);
+      float* sum = dq_f32_rows ? gq.ptr<float>() + base : row.data();
+      std::fill(sum, sum + E, 0.0f);
       for (const float* part : dq_partial)  // partial copies in thread order, a row at a time
-        for (int64_t e = 0; e < E; ++e) sum[size_t(e)] += part[size_t(r * E + e)];
-      for (int64_t e = 0; e < E; ++e) cpu_elements::store(gq, base + e * gq.strides[3], sum[size_t(e)]);
+        for (int64_t e = 0; e < E; ++e) sum[e] += part[size_t(r * E + e)];
+      if (!dq_f32_rows)
+        for (int64_t e = 0; e < E; ++e) cpu_elements::store(gq, base + e * gq.strides[3], sum[e]);
     }
   }
   return Status::Ok();
