@@ -563,11 +563,8 @@ Status run(const std::vector<Term>& given, const Output& c, float alpha, float b
            int64_t bias_stride, const MicroKernel& kernel) {
   const int64_t M = c.m, N = c.n;
   if (M == 0 || N == 0) return Status::Ok();
-  std::vector<RowsOf> rows_of;
-  std::vector<Term> own_terms;
-  const std::vector<Term>& terms = with_rows_in_place(given, M, N, kernel, rows_of, own_terms);
   int64_t total_k = 0;
-  for (const Term& t : terms) total_k += t.k;
+  for (const Term& t : given) total_k += t.k;
   const double flops = 2.0 * double(M) * double(N) * double(total_k);
   const int threads = flops < kSerialFlops ? 1 : cpu::threads_for_call();
 
@@ -586,6 +583,9 @@ Status run(const std::vector<Term>& given, const Output& c, float alpha, float b
     for (int64_t i = 0; i < M; ++i) finish_block(c, nullptr, 0, i, 1, 0, N, alpha, beta, bias_ptr);
     return Status::Ok();
   }
+  std::vector<RowsOf> rows_of;
+  std::vector<Term> own_terms;
+  const std::vector<Term>& terms = with_rows_in_place(given, M, N, kernel, rows_of, own_terms);
 
   const Term* first_term = nullptr;
   const Term* last_term = nullptr;
