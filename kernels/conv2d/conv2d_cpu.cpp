@@ -379,9 +379,10 @@ struct ImageOperand {
   }
 };
 
-Status forward(const Conv2dArgs& args, const MicroKernel& kernel) {
+Status forward(const Conv2dArgs& args, const MicroKernel& isa_kernel) {
   const auto sh = conv2d_desc::shape_of(args.input, args.weight, args.params);
   const int64_t cg = sh.c_per_group(), kg = sh.k_per_group(), rows = sh.n * sh.p * sh.q;
+  const MicroKernel& kernel = cpu_gemm::for_columns(isa_kernel, kg);
   const ImageOperand in(args.input, sh, args.params, kImageSlot);
   NhwcTarget out(args.output);
   if (!in.image.ok || !out.ok) return {StatusCode::out_of_memory, kNoImageScratch};
@@ -407,9 +408,10 @@ Status forward(const Conv2dArgs& args, const MicroKernel& kernel) {
 bool by_columns(const conv2d_desc::Shape& sh) { return sh.c_per_group() < kShortRun && sh.k_per_group() >= 8; }
 
 Status grad_input_by_columns(const Conv2dBackwardArgs& args, const conv2d_desc::Shape& sh, const NhwcImage& grad,
-                             float* gi, const MicroKernel& kernel) {
+                             float* gi, const MicroKernel& isa_kernel) {
   const Conv2dParams& prm = args.params;
   const int64_t cg = sh.c_per_group(), kg = sh.k_per_group(), width = sh.r * sh.s * cg;
+  const MicroKernel& kernel = cpu_gemm::for_columns(isa_kernel, width);
   std::fill(gi, gi + sh.n * sh.h * sh.w * sh.c, 0.0f);
   if (width == 0 || kg == 0 || sh.p == 0 || sh.q == 0) return Status::Ok();
   const int64_t chunk = std::clamp<int64_t>((int64_t(1) << 18) / (sh.q * width), 1, sh.p);  // output rows
@@ -452,8 +454,9 @@ Status grad_input_by_columns(const Conv2dBackwardArgs& args, const conv2d_desc::
 // Grad input as the GEMM of the transposed windows of dO (one run of kg per filter tap)
 // with the weight packed as rows (r, s, k), columns c.
 Status grad_input_by_windows(const Conv2dBackwardArgs& args, const conv2d_desc::Shape& sh, const NhwcImage& grad,
-                             float* gi, const MicroKernel& kernel) {
+                             float* gi, const MicroKernel& isa_kernel) {
   const int64_t cg = sh.c_per_group(), kg = sh.k_per_group();
+  const MicroKernel& kernel = cpu_gemm::for_columns(isa_kernel, cg);
   const std::vector<float> zeros(static_cast<size_t>(kg), 0.0f);
   for (int64_t g = 0; g < sh.groups; ++g) {
     const float* wmat = pack_weight(args.weight, g, kg, false, kernel);
@@ -533,8 +536,8 @@ Status backward(const Conv2dBackwardArgs& args, const MicroKernel& kernel) {
       const Matrix a{cpu_elements::advance(grad.data, g * kg), DType::f32, 1, sh.k};  // dO^T: (k, (n,p,q))
       const Output c = in_place ? Output{weight_rows(gw, g * kg), gw.dtype, gw.strides[0], kg, taps}
                                 : Output{dw, DType::f32, taps, kg, taps};
-      ANVIL_RETURN_IF_ERROR(
-          cpu_gemm::run({Term{a, in_runs(windows, in.run), sh.n * sh.p * sh.q}}, c, 1.0f, 0.0f, nullptr, 0, kernel));
+      ANVIL_RETURN_IF_ERROR(cpu_gemm::run({Term{a, in_runs(windows, in.run), sh.n * sh.p * sh.q}}, c, 1.0f, 0.0f,
+                                          nullptr, 0, cpu_gemm::for_columns(kernel, taps)));
       if (!in_place) store_grad_weight(dw, gw, g * kg, kg, sh);
     }
   }

@@ -75,7 +75,16 @@ struct MicroKernel {
   void (*enter)() = nullptr;
   void (*leave)() = nullptr;
   bool reads_rows = false;  // honours Tile::a_rows (the f32 kernels)
+  // Nullable: a kernel of the same ISA and packings with a tile of fewer columns (and more
+  // rows), for products whose columns would leave most of this kernel's tile padding.
+  const MicroKernel* narrow = nullptr;
 };
+
+// The kernel for a product of n columns: `kernel`, or its narrow kernel when that one's
+// tiles pad n to at least a ninth fewer columns (AVX-512 f32: (12, 32) rather than (6, 64)
+// for n = 96 or 160, not for 48 or 256). Operands packed for the driver
+// (Matrix::whole_slivers) must be packed for the kernel this returns.
+const MicroKernel& for_columns(const MicroKernel& kernel, int64_t n);
 
 // Null when the ISA is not compiled in (the driver checks cpu_info() before using one).
 const MicroKernel* micro_kernel_f32_avx512();
