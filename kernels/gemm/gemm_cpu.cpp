@@ -253,28 +253,35 @@ void pack_b_sliver(const Matrix& b, int64_t k0, int64_t n0, int64_t ncols, const
 
 // B in runs (conv2d's image as the grad-weight B) into f32 slivers, block rows [k0, k0 + kc)
 // and columns [n0, n0 + ncols). Work items of (run, 64 rows) go to the threads of the
-// enclosing parallel region; each locates its rows' starts with one locate() call and
-// copies the run's part of each row into the slivers it spans. Called by every thread.
+// enclosing parallel region; each locates its rows' starts with one locate() call, splits
+// the run's columns into the pieces that fall into one sliver each (the same for every
+// row), and copies those pieces of each row. Called by every thread.
 void pack_b_runs(const Matrix& b, int64_t k0, int64_t kc, int64_t n0, int64_t ncols, const SliverWriter& w,
                  float* dst) {
   constexpr int64_t kRowsPerItem = 64;
+  struct Piece {
+    int64_t to, from, length;  // to: offset in the slivers (of row 0); from: offset in the run
+  };
   const int64_t run = b.runs.run, first = n0 / run, runs = (n0 + ncols - 1) / run - first + 1;
   const int64_t chunks = (kc + kRowsPerItem - 1) / kRowsPerItem;
   const float* starts[kRowsPerItem];
+  std::vector<Piece> pieces;
 #pragma omp for schedule(static) nowait
   for (int64_t item = 0; item < runs * chunks; ++item) {
     const int64_t index = first + item / chunks, r0 = item % chunks * kRowsPerItem;
     const int64_t rows = std::min(kRowsPerItem, kc - r0);
     const int64_t c_begin = std::max(n0, index * run), c_end = std::min(n0 + ncols, (index + 1) * run);
+    pieces.clear();
+    for (int64_t col = c_begin; col < c_end;) {
+      const int64_t sliver = (col - n0) / w.width, lane = (col - n0) % w.width;
+      const int64_t length = std::min(c_end - col, w.width - lane);
+      pieces.push_back({sliver * w.elements() + r0 * w.width + lane, col - index * run, length});
+      col += length;
+    }
     b.runs.locate(b.runs.ctx, index, k0 + r0, rows, starts);
     for (int64_t k = 0; k < rows; ++k)
-      for (int64_t col = c_begin; col < c_end;) {
-        const int64_t sliver = (col - n0) / w.width, lane = (col - n0) % w.width;
-        const int64_t length = std::min(c_end - col, w.width - lane);
-        std::memcpy(dst + sliver * w.elements() + (r0 + k) * w.width + lane, starts[k] + (col - index * run),
-                    size_t(length) * sizeof(float));
-        col += length;
-      }
+      for (const Piece& piece : pieces)
+        std::memcpy(dst + piece.to + k * w.width, starts[k] + piece.from, size_t(piece.length) * sizeof(float));
   }
   if (const int64_t edge = ncols % w.width; edge != 0) {  // the last sliver's lanes past ncols
     float* last = dst + (ncols / w.width) * w.elements();
