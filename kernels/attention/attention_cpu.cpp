@@ -20,6 +20,7 @@
 
 #include "backends/cpu/cpu_runtime.h"
 #include "kernels/common/cpu_elements.h"
+#include "kernels/common/cpu_transpose.h"
 #include "dispatch/kernel_record.h"
 #include "kernels/attention/attention_desc.h"
 #include "kernels/gemm/gemm_cpu.h"
@@ -85,6 +86,10 @@ const float* f32_row(const TensorRef& t, int64_t base, int64_t count, float* tmp
   return tmp;
 }
 
+// Whether t (batch, heads, rows, dims) is f32 with contiguous rows: then runs of its rows
+// are transposed into slivers by block moves (cpu_elements::transpose_f32).
+bool contiguous_rows(const TensorRef& t) { return t.dtype == DType::f32 && (t.strides[3] == 1 || t.shape[3] <= 1); }
+
 // The forward's K and V for every (batch, kv head), packed once per call as micro-kernel
 // A slivers: K in slivers of MR keys, (E, MR) each, and V^T in slivers of MR value dims
 // over all keys, (Lk, MR) each. A block of keys starting at a multiple of MR is a
@@ -113,10 +118,17 @@ struct ForwardKv {
         const int64_t b = bh / sh.kv_heads, h = bh % sh.kv_heads;
         float* kdst = k + bh * key_slivers * e * mr;
         float* vdst = vt + bh * dim_slivers * lk * mr;
+        const int64_t k_base = b * kref.strides[0] + h * kref.strides[1];
+        if (contiguous_rows(kref))
+          for (int64_t s = 0; s < key_slivers; ++s)
+            cpu_elements::transpose_f32(kref.ptr<const float>() + k_base + s * mr * kref.strides[2], kref.strides[2],
+                                        std::min(mr, lk - s * mr), e, mr, kdst + s * e * mr);
         for (int64_t j = 0; j < lk; ++j) {
-          const float* krow = f32_row(kref, b * kref.strides[0] + h * kref.strides[1] + j * kref.strides[2], e, tmp.data());
-          float* kj = kdst + (j / mr) * e * mr + j % mr;
-          for (int64_t x = 0; x < e; ++x) kj[x * mr] = krow[x];
+          if (!contiguous_rows(kref)) {
+            const float* krow = f32_row(kref, k_base + j * kref.strides[2], e, tmp.data());
+            float* kj = kdst + (j / mr) * e * mr + j % mr;
+            for (int64_t x = 0; x < e; ++x) kj[x * mr] = krow[x];
+          }
           const float* vrow = f32_row(vref, b * vref.strides[0] + h * vref.strides[1] + j * vref.strides[2], ev, tmp.data());
           for (int64_t ds = 0; ds < dim_slivers; ++ds) {
             float* vj = vdst + (ds * lk + j) * mr;
@@ -220,11 +232,17 @@ Status forward(const AttentionArgs& args) {
       const int64_t bh_kv = b * sh.kv_heads + h / sh.group(), q0 = qb * block_q, rows = std::min(block_q, Lq - q0);
       const int64_t query_tiles = (rows + nr - 1) / nr;
       std::fill(qt.begin(), qt.end(), 0.0f);
-      for (int64_t i = 0; i < rows; ++i) {
-        const float* qrow = f32_row(args.q, b * args.q.strides[0] + h * args.q.strides[1] + (q0 + i) * args.q.strides[2],
-                                    E, tmp.data());
-        float* dst = qt.data() + (i / nr) * E * nr + i % nr;
-        for (int64_t x = 0; x < E; ++x) dst[x * nr] = qrow[x];
+      const int64_t q_base = b * args.q.strides[0] + h * args.q.strides[1];
+      if (contiguous_rows(args.q)) {
+        for (int64_t t = 0; t < query_tiles; ++t)
+          cpu_elements::transpose_f32(args.q.ptr<const float>() + q_base + (q0 + t * nr) * args.q.strides[2],
+                                      args.q.strides[2], std::min(nr, rows - t * nr), E, nr, qt.data() + t * E * nr);
+      } else {
+        for (int64_t i = 0; i < rows; ++i) {
+          const float* qrow = f32_row(args.q, q_base + (q0 + i) * args.q.strides[2], E, tmp.data());
+          float* dst = qt.data() + (i / nr) * E * nr + i % nr;
+          for (int64_t x = 0; x < E; ++x) dst[x * nr] = qrow[x];
+        }
       }
       std::fill(m.begin(), m.end(), neg_inf);
       std::fill(l.begin(), l.end(), 0.0f);
@@ -246,22 +264,30 @@ Status forward(const AttentionArgs& args) {
             tile(kv.vt_at(bh_kv, ds, k0), keys, s, o + ds * mr * nr, std::min(mr, Ev - ds * mr), lanes, 1.0f, 1.0f);
         }
       }
+      float* inv = corr.data();  // 1 / l per row; corr is free once the keys are done
       for (int64_t i = 0; i < rows; ++i) {
         const bool empty = l[size_t(i)] == 0.0f && !std::isnan(m[size_t(i)]);  // fully masked: out = 0
-        const float inv = empty ? 0.0f : 1.0f / l[size_t(i)];
-        const float* o = ot.data() + (i / nr) * Ev * nr + i % nr;
-        const int64_t base = b * args.out.strides[0] + h * args.out.strides[1] + (q0 + i) * args.out.strides[2];
-        if (args.out.dtype == DType::f32) {
-          float* dst = args.out.ptr<float>() + base;
-          for (int64_t e = 0; e < Ev; ++e) dst[e * args.out.strides[3]] = o[e * nr] * inv;
-        } else {
-          for (int64_t e = 0; e < Ev; ++e) cpu_elements::store(args.out, base + e * args.out.strides[3], o[e * nr] * inv);
-        }
+        inv[i] = empty ? 0.0f : 1.0f / l[size_t(i)];
         if (args.lse) {
           const TensorRef& lt = *args.lse;
           lt.ptr<float>()[b * lt.strides[0] + h * lt.strides[1] + (q0 + i) * lt.strides[2]] =
               empty ? neg_inf : m[size_t(i)] + std::log(l[size_t(i)]);
         }
+      }
+      const int64_t out_base = b * args.out.strides[0] + h * args.out.strides[1];
+      for (int64_t t = 0; t < query_tiles; ++t) {  // O^T tile t (Ev, NR) / l, transposed into out
+        float* o = ot.data() + t * Ev * nr;
+        const int64_t lanes = std::min(nr, rows - t * nr);
+        if (contiguous_rows(args.out)) {
+          rescale_columns_avx512(o, nr, Ev, lanes, inv + t * nr);
+          cpu_elements::transpose_f32(o, nr, Ev, lanes, args.out.strides[2],
+                                      args.out.ptr<float>() + out_base + (q0 + t * nr) * args.out.strides[2]);
+          continue;
+        }
+        for (int64_t i = 0; i < lanes; ++i)
+          for (int64_t e = 0; e < Ev; ++e)
+            cpu_elements::store(args.out, out_base + (q0 + t * nr + i) * args.out.strides[2] + e * args.out.strides[3],
+                                o[e * nr + i] * inv[t * nr + i]);
       }
     }
   }

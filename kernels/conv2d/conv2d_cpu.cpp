@@ -17,6 +17,7 @@
 
 #include "backends/cpu/cpu_runtime.h"
 #include "kernels/common/cpu_elements.h"
+#include "kernels/common/cpu_transpose.h"
 #include "dispatch/kernel_record.h"
 #include "kernels/conv2d/conv2d_desc.h"
 #include "kernels/gemm/gemm_cpu.h"
@@ -155,34 +156,14 @@ constexpr const char* kNoImageScratch = "cpu conv2d: cannot allocate an image co
 // (res5 3x3: 2.4 M of them, the largest share of the call), so the layouts torch uses get
 // block moves:
 //   col_stride 1 (grad input from KRSC weights): rows of lanes are contiguous: copies;
-//   inner_stride 1 (forward from KRSC weights): 4 x 4 SSE transposes, 4 i (one line in
-//     four) across the sliver's lanes, so that each source line serves four steps from L1;
+//   inner_stride 1 (forward from KRSC weights): cpu_elements::transpose_f32 (4 x 4 SSE
+//     transposes);
 //   otherwise (KCRS) element by element.
-void transpose_f32(const float* src, int64_t col_stride, int64_t lanes, int64_t inner, int64_t nr, float* dst) {
-  int64_t i = 0;
-  for (; i + 4 <= inner; i += 4) {
-    int64_t l = 0;
-    for (; l + 4 <= lanes; l += 4) {
-      __m128 r0 = _mm_loadu_ps(src + l * col_stride + i), r1 = _mm_loadu_ps(src + (l + 1) * col_stride + i);
-      __m128 r2 = _mm_loadu_ps(src + (l + 2) * col_stride + i), r3 = _mm_loadu_ps(src + (l + 3) * col_stride + i);
-      _MM_TRANSPOSE4_PS(r0, r1, r2, r3);
-      _mm_storeu_ps(dst + i * nr + l, r0);
-      _mm_storeu_ps(dst + (i + 1) * nr + l, r1);
-      _mm_storeu_ps(dst + (i + 2) * nr + l, r2);
-      _mm_storeu_ps(dst + (i + 3) * nr + l, r3);
-    }
-    for (; l < lanes; ++l)
-      for (int64_t ii = i; ii < i + 4; ++ii) dst[ii * nr + l] = src[l * col_stride + ii];
-  }
-  for (; i < inner; ++i)
-    for (int64_t l = 0; l < lanes; ++l) dst[i * nr + l] = src[l * col_stride + i];
-}
-
 // The block moves above for an f32 tap; false when its strides have none.
 bool move_f32_tap(const float* src, int64_t inner_stride, int64_t col_stride, int64_t lanes, int64_t inner, int64_t nr,
                   float* dst) {
   if (inner_stride == 1) {
-    transpose_f32(src, col_stride, lanes, inner, nr, dst);
+    cpu_elements::transpose_f32(src, col_stride, lanes, inner, nr, dst);
   } else if (col_stride == 1) {
     for (int64_t i = 0; i < inner; ++i)
       std::memcpy(dst + i * nr, src + i * inner_stride, size_t(lanes) * sizeof(float));
