@@ -297,10 +297,19 @@ Status forward(const AttentionArgs& args) {
 // Packs a (lanes, depth) matrix into micro-kernel slivers of `width` lanes: sliver s holds
 // (depth, width), the value of (lane r, step x) at [s][x][r % width]. With width MR that is
 // an A operand (lanes = rows of the product); with width NR a B operand (lanes = columns).
-// row(i) returns source row i as f32: a lane (lanes_are_rows) or a depth step. Lanes past
-// `lanes` are left as they are (zero in a fresh buffer; no tile reads them).
-template <class Row>
-void pack_slivers(int64_t lanes, int64_t depth, int64_t width, bool lanes_are_rows, float* dst, const Row& row) {
+// The source is head (b, h) of t, whose rows are the lanes (lanes_are_rows) or the depth
+// steps. Lanes past `lanes` are left as they are (zero in a fresh buffer; no tile reads
+// them). tmp holds a row of t as f32.
+void pack_slivers(const TensorRef& t, int64_t b, int64_t h, int64_t lanes, int64_t depth, int64_t width,
+                  bool lanes_are_rows, float* dst, float* tmp) {
+  const int64_t base = b * t.strides[0] + h * t.strides[1], count = lanes_are_rows ? depth : lanes;
+  const auto row = [&](int64_t i) { return f32_row(t, base + i * t.strides[2], count, tmp); };
+  if (lanes_are_rows && contiguous_rows(t)) {
+    for (int64_t s = 0; s * width < lanes; ++s)
+      cpu_elements::transpose_f32(t.ptr<const float>() + base + s * width * t.strides[2], t.strides[2],
+                                  std::min(width, lanes - s * width), depth, width, dst + s * depth * width);
+    return;
+  }
   if (lanes_are_rows) {
     for (int64_t r = 0; r < lanes; ++r) {
       const float* src = row(r);
@@ -350,28 +359,23 @@ struct BackwardOperands {
     kt = got + heads * got_slab;
     vt = kt + kv_heads * kt_slab;
     k = vt + kv_heads * vt_slab;
-    const auto rows_of = [](const TensorRef& t, int64_t b, int64_t h, int64_t count, float* tmp) {
-      return [&t, b, h, count, tmp](int64_t i) {
-        return f32_row(t, b * t.strides[0] + h * t.strides[1] + i * t.strides[2], count, tmp);
-      };
-    };
 #pragma omp parallel num_threads(threads)
     {
       std::vector<float> tmp(size_t(std::max(e, ev)));
 #pragma omp for schedule(static) nowait
       for (int64_t bh = 0; bh < heads; ++bh) {
         const int64_t b = bh / sh.heads, h = bh % sh.heads;
-        pack_slivers(lq, e, mr, true, q + bh * q_slab, rows_of(args.q, b, h, e, tmp.data()));
-        pack_slivers(e, lq, mr, false, qt + bh * qt_slab, rows_of(args.q, b, h, e, tmp.data()));
-        pack_slivers(lq, ev, mr, true, go + bh * go_slab, rows_of(args.grad_out, b, h, ev, tmp.data()));
-        pack_slivers(ev, lq, mr, false, got + bh * got_slab, rows_of(args.grad_out, b, h, ev, tmp.data()));
+        pack_slivers(args.q, b, h, lq, e, mr, true, q + bh * q_slab, tmp.data());
+        pack_slivers(args.q, b, h, e, lq, mr, false, qt + bh * qt_slab, tmp.data());
+        pack_slivers(args.grad_out, b, h, lq, ev, mr, true, go + bh * go_slab, tmp.data());
+        pack_slivers(args.grad_out, b, h, ev, lq, mr, false, got + bh * got_slab, tmp.data());
       }
 #pragma omp for schedule(static)
       for (int64_t bh = 0; bh < kv_heads; ++bh) {
         const int64_t b = bh / sh.kv_heads, h = bh % sh.kv_heads;
-        pack_slivers(lk, e, nr, true, kt + bh * kt_slab, rows_of(args.k, b, h, e, tmp.data()));
-        pack_slivers(lk, ev, nr, true, vt + bh * vt_slab, rows_of(args.v, b, h, ev, tmp.data()));
-        pack_slivers(e, lk, nr, false, k + bh * k_slab, rows_of(args.k, b, h, e, tmp.data()));
+        pack_slivers(args.k, b, h, lk, e, nr, true, kt + bh * kt_slab, tmp.data());
+        pack_slivers(args.v, b, h, lk, ev, nr, true, vt + bh * vt_slab, tmp.data());
+        pack_slivers(args.k, b, h, e, lk, nr, false, k + bh * k_slab, tmp.data());
       }
     }
   }
