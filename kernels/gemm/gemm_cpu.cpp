@@ -6,7 +6,8 @@
 //                           ic: MC rows of C         (pack A: slivers of (MR, KC), in L2)
 //                           jr x ir: (MR, NR) tiles  (B sliver reused across ir; A sliver in L1)
 // Block sizes come from the cache sizes read at run time. Both packings and the tile
-// grid are split across threads; all threads share the packed blocks.
+// grid are split across threads; all threads share the packed blocks. Wide products of
+// plain operands instead give each thread its own columns, packed by itself (no barriers).
 // Small M (<= kUnpackedMaxM, LLM decode) with row-major f32 B skips packing B: the
 // micro-kernel streams B rows in place, since packing would double B's memory traffic.
 // A in runs (conv2d's image windows, and row-major f32 A facing few B slivers) is not
@@ -510,6 +511,11 @@ const std::vector<Term>& with_rows_in_place(const std::vector<Term>& given, int6
   return own;
 }
 
+// data + elements of dtype; null stays null (an empty operand's data).
+const void* offset(const void* data, DType dtype, int64_t elements) {
+  return data ? static_cast<const char*>(data) + elements * int64_t(dtype_size(dtype)) : data;
+}
+
 // B in runs from row k0 on: rows [k0, k0 + k) of it.
 struct ShiftedRuns {
   Runs runs;
@@ -524,12 +530,12 @@ struct ShiftedRuns {
 Term k_slice(const Term& t, int64_t k0, int64_t k, ShiftedRuns& b_runs) {
   Term slice = t;
   slice.k = k;
-  slice.a.data = static_cast<const char*>(t.a.data) + k0 * t.a.col_stride * int64_t(dtype_size(t.a.dtype));
+  slice.a.data = offset(t.a.data, t.a.dtype, k0 * t.a.col_stride);
   if (t.b.in_runs()) {
     b_runs = {t.b.runs, k0};
     slice.b.runs = Runs{t.b.runs.run, &ShiftedRuns::locate, &b_runs};
   } else {
-    slice.b.data = static_cast<const char*>(t.b.data) + k0 * t.b.row_stride * int64_t(dtype_size(t.b.dtype));
+    slice.b.data = offset(t.b.data, t.b.dtype, k0 * t.b.row_stride);
   }
   return slice;
 }
@@ -607,10 +613,6 @@ bool splits_n(const std::vector<Term>& terms, int64_t M, int64_t N, int threads,
   if (t.a.in_runs() || t.b.in_runs() || t.b.whole_slivers) return false;
   const int64_t columns = round_up((N + threads - 1) / threads, kernel.nr);  // per thread, at most
   return reads_a_rows(t, M, columns, kernel) || columns >= kSplitNMinColumnsPackingA;
-}
-
-const void* offset(const void* data, DType dtype, int64_t elements) {
-  return data ? static_cast<const char*>(data) + elements * int64_t(dtype_size(dtype)) : data;
 }
 
 Status run_split_n(const Term& term, const Output& c, float alpha, float beta, const void* bias, int64_t bias_stride,
