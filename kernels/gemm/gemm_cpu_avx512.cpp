@@ -5,7 +5,8 @@
 //     10 loads per 24 FMAs (28 of 32 registers with the B row and one broadcast). The
 //     default; on Sapphire Rapids 1.03-1.10x the speed of (12, 32) on f32 squares 256-2048.
 //   (12, 32): a C row is 2 zmm. Per k step 2 B loads, 12 broadcasts, 24 FMAs (27 registers).
-//     For products of at most 32 columns, where half of a (6, 64) tile would be padding.
+//     For products whose columns it pads less (for_columns: n <= 32, 96, 160, ...), and
+//     for attention, whose blocks are tuned on it.
 // bf16: the (12, 32) tile over k pairs; one vdpbf16ps does two k steps.
 // A packed B sliver (KC, NR) outgrows L1 at KC 512 and streams from L2 while the tiles of
 // one column of C reuse it; its rows are prefetched 1 KiB ahead.
