@@ -50,6 +50,14 @@ struct Blocking {
   int64_t kc, mc, nc;
 };
 
+bool in_parallel_region() {
+#ifdef _OPENMP
+  return omp_in_parallel();
+#else
+  return false;
+#endif
+}
+
 int64_t round_down(int64_t x, int64_t multiple) { return std::max(multiple, x / multiple * multiple); }
 
 Blocking blocking_for(const MicroKernel& k) {
@@ -743,8 +751,13 @@ Status run(const std::vector<Term>& given, const Output& c, float alpha, float b
         const bool finish_tiles = !direct && last && !rounds_here;
         const SliverWriter b_writer{kernel.bf16, kernel.b, nr, kc}, a_writer{kernel.bf16, kernel.a, mr, kc};
         const int64_t b_slivers = (nc + nr - 1) / nr;
-#pragma omp parallel num_threads(threads)
-        {
+        // The block's work for each thread of the team. Its worksharing loops and barriers
+        // are orphaned, so that a one-thread call outside any parallel region runs it with
+        // no team at all: a team of one still wakes its barrier's futex (3 system calls per
+        // 64^3 product). Inside a parallel region (a thread's share of a split product,
+        // or a caller's own region) it needs a team of its own, or its loops would bind to
+        // the enclosing team and share out this thread's work.
+        const auto block = [&] {
           if (kernel.enter) kernel.enter();
           std::vector<float> tmp(size_t(std::max(kc, 2 * nc) + 1));
           if (pack_b && term.b.in_runs() && !kernel.bf16) {
@@ -847,6 +860,12 @@ Status run(const std::vector<Term>& given, const Output& c, float alpha, float b
               }
           }
           if (kernel.leave) kernel.leave();
+        };
+        if (threads > 1 || in_parallel_region()) {
+#pragma omp parallel num_threads(threads)
+          block();
+        } else {
+          block();
         }
       }
     }
