@@ -119,12 +119,13 @@ struct ForwardKv {
         float* kdst = k + bh * key_slivers * e * mr;
         float* vdst = vt + bh * dim_slivers * lk * mr;
         const int64_t k_base = b * kref.strides[0] + h * kref.strides[1];
-        if (contiguous_rows(kref))
+        const bool k_by_blocks = contiguous_rows(kref);
+        if (k_by_blocks)
           for (int64_t s = 0; s < key_slivers; ++s)
             cpu_elements::transpose_f32(kref.ptr<const float>() + k_base + s * mr * kref.strides[2], kref.strides[2],
                                         std::min(mr, lk - s * mr), e, mr, kdst + s * e * mr);
         for (int64_t j = 0; j < lk; ++j) {
-          if (!contiguous_rows(kref)) {
+          if (!k_by_blocks) {
             const float* krow = f32_row(kref, k_base + j * kref.strides[2], e, tmp.data());
             float* kj = kdst + (j / mr) * e * mr + j % mr;
             for (int64_t x = 0; x < e; ++x) kj[x * mr] = krow[x];
