@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cstdint>
 #include <utility>
 
 #include "kernels/gemm/gemm_cpu.h"
@@ -45,9 +46,13 @@ struct TileKernels {
     else return _mm512_loadu_ps(b + kVector * v);
   }
 
-  // The cache lines of B's row `rows` k steps ahead of b (row stride `stride`).
+  // The cache lines of B's row `rows` k steps ahead of b (row stride `stride`). The address
+  // is computed in unsigned integers: near B's end it lies past the operand (a prefetch
+  // never faults), and a row stride the caller never steps (K = 1: any stride is valid)
+  // may be so large that the product overflows; neither may be pointer arithmetic.
   static void prefetch_b(const float* b, int64_t rows, int64_t stride) {
-    const char* ahead = reinterpret_cast<const char*>(b + rows * stride);
+    const auto ahead = reinterpret_cast<const char*>(reinterpret_cast<uintptr_t>(b) +
+                                                     uint64_t(rows) * uint64_t(stride) * sizeof(float));
 #pragma GCC unroll 4
     for (int v = 0; v < kNV; ++v) _mm_prefetch(ahead + 64 * v, _MM_HINT_T0);
   }
@@ -69,14 +74,13 @@ struct TileKernels {
   template <int kRows, bool kMasked>
   static void accumulate_f32(const Tile& t, const __mmask16* mask, __m512 (&acc)[kRows][kNV]) {
     const float* a = static_cast<const float*>(t.a);
-    const float* b = static_cast<const float*>(t.b);
-    for (int64_t k = 0; k < t.kc; ++k) {
+    for (int64_t k = 0; k < t.kc; ++k, a += kMR) {
+      // Row k only: a pointer stepped past the last row could overflow (K = 1, any stride).
+      const float* b = static_cast<const float*>(t.b) + k * t.b_stride;
       // Streamed rows are ldb apart: too far for the hardware prefetcher.
       if constexpr (kMasked) prefetch_b(b, kStreamPrefetchRows, t.b_stride);
       else prefetch_b(b, kPackedPrefetchSteps, kNR);
       fma_step<kRows, kMasked>(b, mask, [a](int i) { return a[i]; }, acc);
-      a += kMR;
-      b += t.b_stride;
     }
   }
 
