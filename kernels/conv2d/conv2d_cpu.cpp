@@ -266,9 +266,14 @@ struct ForwardWindows {
 
   static void locate(const void* self, int64_t index, int64_t row0, int64_t rows, const float** out) {
     const auto& g = *static_cast<const ForwardWindows*>(self);
+    if (g.pixels_are_rows()) {  // no divisions (a tenth of a 1x1 conv over 64 channels)
+      for (int64_t i = 0; i < rows; ++i) out[i] = g.image + (row0 + i) * g.c + g.c0;
+      return;
+    }
     const int64_t r = g.runs_are_filter_rows ? index : index / g.s, s = g.runs_are_filter_rows ? 0 : index % g.s;
     const int64_t dy = r * g.prm.dilation_h - g.prm.pad_h, dx = s * g.prm.dilation_w - g.prm.pad_w + g.x_origin;
-    int64_t n = row0 / (g.p * g.q), op = row0 / g.q % g.p, oq = row0 % g.q;
+    const int64_t image_rows = row0 / g.q;
+    int64_t n = image_rows / g.p, op = image_rows - n * g.p, oq = row0 - image_rows * g.q;
     for (int64_t i = 0; i < rows; ++i) {
       const int64_t y = op * g.prm.stride_h + dy, x = oq * g.prm.stride_w + dx;
       out[i] = y >= 0 && y < g.h && x >= 0 && x < g.w ? g.image + ((n * g.h + y) * g.w + x) * g.c + g.c0 : g.zeros;
@@ -277,6 +282,12 @@ struct ForwardWindows {
         if (++op == g.p) op = 0, ++n;
       }
     }
+  }
+
+  // Row (n, p, q) is input pixel (n, p, q) itself: a 1x1 filter at unit stride, unpadded.
+  bool pixels_are_rows() const {
+    return p == h && q == w && x_origin == 0 && s == 1 && prm.stride_h == 1 && prm.stride_w == 1 &&
+           prm.pad_h == 0 && prm.pad_w == 0;
   }
 };
 
