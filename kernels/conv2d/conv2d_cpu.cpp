@@ -264,22 +264,39 @@ struct ForwardWindows {
   Conv2dParams prm;
   const float* zeros;       // one run of zeros
 
-  static void locate(const void* self, int64_t index, int64_t row0, int64_t rows, const float** out) {
+  static void locate(const void* self, int64_t first, int64_t count, int64_t row0, int64_t rows, int64_t stride,
+                     const float** out) {
     const auto& g = *static_cast<const ForwardWindows*>(self);
-    if (g.pixels_are_rows()) {  // no divisions (a tenth of a 1x1 conv over 64 channels)
+    if (g.pixels_are_rows()) {  // one run; no divisions (a tenth of a 1x1 conv over 64 channels)
       for (int64_t i = 0; i < rows; ++i) out[i] = g.image + (row0 + i) * g.c + g.c0;
       return;
     }
-    const int64_t r = g.runs_are_filter_rows ? index : index / g.s, s = g.runs_are_filter_rows ? 0 : index % g.s;
-    const int64_t dy = r * g.prm.dilation_h - g.prm.pad_h, dx = s * g.prm.dilation_w - g.prm.pad_w + g.x_origin;
+    // Rows in chunks: each row's window origin once, then each run's tap offset from it.
+    constexpr int64_t kChunk = 16;
+    int64_t ys[kChunk], xs[kChunk];
+    const float* images[kChunk];
     const int64_t image_rows = row0 / g.q;
     int64_t n = image_rows / g.p, op = image_rows - n * g.p, oq = row0 - image_rows * g.q;
-    for (int64_t i = 0; i < rows; ++i) {
-      const int64_t y = op * g.prm.stride_h + dy, x = oq * g.prm.stride_w + dx;
-      out[i] = y >= 0 && y < g.h && x >= 0 && x < g.w ? g.image + ((n * g.h + y) * g.w + x) * g.c + g.c0 : g.zeros;
-      if (++oq == g.q) {
-        oq = 0;
-        if (++op == g.p) op = 0, ++n;
+    for (int64_t i0 = 0; i0 < rows; i0 += kChunk) {
+      const int64_t chunk = std::min(kChunk, rows - i0);
+      for (int64_t i = 0; i < chunk; ++i) {
+        ys[i] = op * g.prm.stride_h - g.prm.pad_h;
+        xs[i] = oq * g.prm.stride_w - g.prm.pad_w + g.x_origin;
+        images[i] = g.image + n * g.h * g.w * g.c + g.c0;
+        if (++oq == g.q) {
+          oq = 0;
+          if (++op == g.p) op = 0, ++n;
+        }
+      }
+      for (int64_t j = 0; j < count; ++j) {
+        const int64_t index = first + j;
+        const int64_t r = g.runs_are_filter_rows ? index : index / g.s, s = g.runs_are_filter_rows ? 0 : index % g.s;
+        const int64_t dy = r * g.prm.dilation_h, dx = s * g.prm.dilation_w;
+        const float** run_out = out + j * stride + i0;
+        for (int64_t i = 0; i < chunk; ++i) {
+          const int64_t y = ys[i] + dy, x = xs[i] + dx;
+          run_out[i] = y >= 0 && y < g.h && x >= 0 && x < g.w ? images[i] + (y * g.w + x) * g.c : g.zeros;
+        }
       }
     }
   }
@@ -302,10 +319,13 @@ struct TransposedWindows {
   Conv2dParams prm;
   const float* zeros;
 
-  static void locate(const void* self, int64_t index, int64_t row0, int64_t rows, const float** out) {
+  static void locate(const void* self, int64_t first, int64_t count, int64_t row0, int64_t rows, int64_t stride,
+                     const float** out) {
     const auto& g = *static_cast<const TransposedWindows*>(self);
-    if (g.prm.stride_h == 1 && g.prm.stride_w == 1) return g.locate_rows<true>(index, row0, rows, out);
-    g.locate_rows<false>(index, row0, rows, out);
+    for (int64_t j = 0; j < count; ++j) {
+      if (g.prm.stride_h == 1 && g.prm.stride_w == 1) g.locate_rows<true>(first + j, row0, rows, out + j * stride);
+      else g.locate_rows<false>(first + j, row0, rows, out + j * stride);
+    }
   }
 
   // kUnitStride: no division by the stride per row (4 integer divisions a row and tap cost

@@ -103,7 +103,7 @@ template <class T> void read_strided(const Matrix& x, int64_t row, int64_t col0,
 void read_runs(const Runs& runs, int64_t row, int64_t col0, int64_t count, float* dst) {
   for (int64_t index = col0 / runs.run, offset = col0 % runs.run; count > 0; ++index, offset = 0) {
     const float* start;
-    runs.locate(runs.ctx, index, row, 1, &start);
+    runs.locate(runs.ctx, index, 1, row, 1, 1, &start);
     const int64_t n = std::min(runs.run - offset, count);
     std::memcpy(dst, start + offset, size_t(n) * sizeof(float));
     dst += n;
@@ -292,7 +292,7 @@ void pack_b_runs(const Matrix& b, int64_t k0, int64_t kc, int64_t n0, int64_t nc
       pieces.push_back({sliver * w.elements() + r0 * w.width + lane, col - index * run, length});
       col += length;
     }
-    b.runs.locate(b.runs.ctx, index, k0 + r0, rows, starts);
+    b.runs.locate(b.runs.ctx, index, 1, k0 + r0, rows, rows, starts);
     for (int64_t k = 0; k < rows; ++k)
       for (const Piece& piece : pieces)
         std::memcpy(dst + piece.to + k * w.width, starts[k] + piece.from, size_t(piece.length) * sizeof(float));
@@ -386,10 +386,10 @@ int64_t kc_rows_on_ready_b(const Blocking& blk, int64_t M, int64_t nc, const Mic
 // past the edge repeat the first; the kernel computes only the live rows.
 void locate_sliver(const Runs& runs, int64_t m0, int64_t rows, int64_t pc, const KBlock& block, int64_t mr,
                    const float** table) {
-  const int64_t first = pc / runs.run, offset = pc % runs.run;
-  for (int64_t j = 0; j < block.kc / block.run; ++j) {
+  const int64_t first = pc / runs.run, offset = pc % runs.run, count = block.kc / block.run;
+  runs.locate(runs.ctx, first, count, m0, rows, mr, table);
+  for (int64_t j = 0; j < count; ++j) {
     const float** out = table + j * mr;
-    runs.locate(runs.ctx, first + j, m0, rows, out);
     // Only for a run split between k blocks: the loop's vector loads of the pointers just
     // stored one by one would miss store forwarding (a third of the driver's time per
     // tile in a 1x1 conv over 64 channels).
@@ -517,8 +517,8 @@ struct RowsOf {
   int64_t row_stride;
 };
 
-void locate_rows(const void* ctx, int64_t /*index: always 0, a row is one run*/, int64_t row0, int64_t rows,
-                 const float** out) {
+void locate_rows(const void* ctx, int64_t /*first: always 0*/, int64_t /*count: always 1, a row is one run*/,
+                 int64_t row0, int64_t rows, int64_t /*stride*/, const float** out) {
   const auto& a = *static_cast<const RowsOf*>(ctx);
   for (int64_t i = 0; i < rows; ++i) out[i] = a.data + (row0 + i) * a.row_stride;
 }
@@ -555,9 +555,10 @@ const void* offset(const void* data, DType dtype, int64_t elements) {
 struct ShiftedRuns {
   Runs runs;
   int64_t row0 = 0;
-  static void locate(const void* ctx, int64_t index, int64_t row0, int64_t rows, const float** out) {
+  static void locate(const void* ctx, int64_t first, int64_t count, int64_t row0, int64_t rows, int64_t stride,
+                     const float** out) {
     const auto& s = *static_cast<const ShiftedRuns*>(ctx);
-    s.runs.locate(s.runs.ctx, index, row0 + s.row0, rows, out);
+    s.runs.locate(s.runs.ctx, first, count, row0 + s.row0, rows, stride, out);
   }
 };
 

@@ -95,11 +95,14 @@ const MicroKernel* micro_kernel_f32_avx2();
 // ------------------------------------------------------------------ driver
 // Implicit GEMM (conv2d's image windows): an f32 matrix of which no copy exists. Each row
 // is a sequence of runs of `run` contiguous elements; column c is element c % run of run
-// c / run. locate() writes where run `index` of rows [row0, row0 + rows) begins, one pointer
-// per row (a run of zeros where a window hangs over the padding).
+// c / run. locate() writes where runs [first, first + count) of rows [row0, row0 + rows)
+// begin: run first + j of row row0 + i at out[j * stride + i] (a run of zeros where a window
+// hangs over the padding). One call for all the runs of a tile's rows, so that a row's
+// position is worked out once (a 7x7 stem has 7 runs of 21 elements per row).
 struct Runs {
   int64_t run = 0;
-  void (*locate)(const void* ctx, int64_t index, int64_t row0, int64_t rows, const float** out) = nullptr;
+  void (*locate)(const void* ctx, int64_t first, int64_t count, int64_t row0, int64_t rows, int64_t stride,
+                 const float** out) = nullptr;
   const void* ctx = nullptr;
 };
 
