@@ -45,6 +45,7 @@ constexpr int64_t kUnpackedMaxM = 4;
 constexpr int64_t kStreamBMaxM = 16;
 constexpr int64_t kInPlaceMaxSlivers = 8;  // B slivers per block up to which A is read in place (a_in_place)
 constexpr int64_t kSerialFlops = 2 * 96 * 96 * 96;  // below this, an OpenMP fork costs more than a 2nd core gives
+constexpr int64_t kDynamicChunkFlops = int64_t(1) << 22;  // ~20 us on a core: a chunk fetch (~0.1 us) is noise
 
 struct Blocking {
   int64_t kc, mc, nc;
@@ -843,6 +844,9 @@ Status run(const std::vector<Term>& given, const Output& c, float alpha, float b
             // Tiles are dealt out in chunks as threads come for them (16 chunks a thread
             // if there are tiles enough), so that a thread its vCPU's neighbours slow down
             // takes fewer: on the shared 2-vCPU test machine, 0-12% faster than halves.
+            // A chunk is at least kDynamicChunkFlops of work; with fewer than 4 chunks a
+            // thread, static halves (at 128^3 fetching 44 one-tile chunks across two cores
+            // took a third of the call).
             std::vector<const float*> table(size_t(kc / k_block.run * mr));
             int64_t located = -1;
             const int64_t a_slivers = (M + mr - 1) / mr;
@@ -859,9 +863,12 @@ Status run(const std::vector<Term>& given, const Output& c, float alpha, float b
               compute(t, row0, jr);
             };
             const int64_t tiles = a_slivers * b_slivers;
-            if (threads > 1) {
-              const int64_t chunk = std::max<int64_t>(1, tiles / (16 * threads));
+            const int64_t chunk = std::max({int64_t(1), tiles / (16 * threads), kDynamicChunkFlops / (2 * mr * nr * kc)});
+            if (threads > 1 && tiles >= 4 * threads * chunk) {
 #pragma omp for schedule(dynamic, chunk)
+              for (int64_t index = 0; index < tiles; ++index) tile_in_place(index);
+            } else if (threads > 1) {
+#pragma omp for schedule(static)
               for (int64_t index = 0; index < tiles; ++index) tile_in_place(index);
             } else {  // the only thread of the block (a worksharing loop would cost a lock)
               for (int64_t index = 0; index < tiles; ++index) tile_in_place(index);
