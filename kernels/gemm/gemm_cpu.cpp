@@ -212,12 +212,17 @@ void pack_b_rows(const Matrix& b, int64_t step, int64_t k0, int64_t n0, int64_t 
                  void* dst, float* tmp) {
   if (!w.bf16) {
     float* out = static_cast<float*>(dst);
-    if (step < w.kc) read_row(b, k0 + step, n0, ncols, tmp);
-    else std::fill(tmp, tmp + ncols, 0.0f);
+    // The row itself when it is f32 with unit column stride: a copy through tmp first
+    // doubled the copying of 64 x 4096 x 4096 (packing was a third of the call).
+    const float* row_in = tmp;
+    if (step >= w.kc) std::fill(tmp, tmp + ncols, 0.0f);
+    else if (!b.in_runs() && b.dtype == DType::f32 && b.col_stride == 1 && ncols > 0)
+      row_in = static_cast<const float*>(b.data) + (k0 + step) * b.row_stride + n0;
+    else read_row(b, k0 + step, n0, ncols, tmp);
     for (int64_t s = 0; s * w.width < ncols; ++s) {
       const int64_t cols = std::min(w.width, ncols - s * w.width);
       float* row = out + s * w.elements() + step * w.width;
-      std::memcpy(row, tmp + s * w.width, size_t(cols) * sizeof(float));
+      std::memcpy(row, row_in + s * w.width, size_t(cols) * sizeof(float));
       std::fill(row + cols, row + w.width, 0.0f);
     }
     return;
