@@ -25,6 +25,9 @@ namespace anvil::cpu_gemm {
 //      runs of a_run contiguous f32 elements, run j of row i starting at a_rows[j * MR + i]
 //      (b packed).
 //   c: f32, row stride ldc, unit column stride. Rows >= m and columns >= n are untouched.
+//   stream_c: C is too large to be read back from cache: a kernel may store whole tiles
+//      (m == MR, n == NR, c and ldc 64-byte aligned) with non-temporal stores, sparing the
+//      reads for ownership of C's lines. The driver fences after its tiles.
 //   out (kernels with MicroKernel::rounds_bf16 only; null otherwise): the result
 //      v = alpha * acc + beta * C + bias + out_beta * out is not stored to c but rounded
 //      once (to nearest even, as to_bfloat16) into the bf16 tile out, row stride ld_out;
@@ -46,6 +49,7 @@ struct Tile {
   bfloat16* out = nullptr;
   int64_t ld_out = 0;
   float out_beta = 0.0f;
+  bool stream_c = false;
 };
 
 // A packed sliver holds `width` lanes (MR rows of A, or NR columns of B) over k_steps =

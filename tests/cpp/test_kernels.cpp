@@ -11,6 +11,8 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <cstdlib>
+#include <memory>
 #include <thread>
 #include <utility>
 
@@ -175,6 +177,39 @@ TEST_P(GemmKernel, RepeatedCallsFollowTheirBuffers) {
     ASSERT_TRUE(gemm(args(one)).ok());
     expect_product(one, "the same call again");
   }
+}
+
+// An output of 16 MiB, 64-byte aligned: large enough for kernels that store C past the
+// caches (the cpu f32 kernels' non-temporal stores of whole tiles), with beta and bias read
+// on the way. Small integers keep every sum exact.
+TEST_P(GemmKernel, LargeAlignedOutputIsExact) {
+  const std::string kernel = GetParam();
+  SKIP_UNLESS_AVAILABLE(kernel);
+  if (dtype_of_kernel(kernel) != DType::f32) GTEST_SKIP() << "f32 kernels cover the store path";
+  if (!runs_on_host(kernel)) GTEST_SKIP() << backend_of_kernel(kernel) << " does not run on host memory";
+  constexpr int64_t m = 2048, n = 2048, k = 5;
+  std::vector<float> a(size_t(m * k)), b(size_t(k * n)), bias(static_cast<size_t>(n));
+  for (size_t i = 0; i < a.size(); ++i) a[i] = float(int(i % 7) - 3);
+  for (size_t i = 0; i < b.size(); ++i) b[i] = float(int(i % 5) - 2);
+  for (size_t i = 0; i < bias.size(); ++i) bias[i] = float(i % 4);
+  const std::unique_ptr<float, decltype(&std::free)> c(
+      static_cast<float*>(std::aligned_alloc(64, size_t(m * n) * sizeof(float))), &std::free);
+  ASSERT_TRUE(c);
+  for (int64_t i = 0; i < m * n; ++i) c.get()[i] = float(i % 3);
+  GemmArgs args{TensorRef::contiguous(a.data(), DType::f32, {m, k}), TensorRef::contiguous(b.data(), DType::f32, {k, n}),
+                TensorRef::contiguous(c.get(), DType::f32, {m, n})};
+  args.bias = TensorRef::contiguous(bias.data(), DType::f32, {n});
+  args.alpha = 2.0;
+  args.beta = -1.0;
+  ScopedOverrides force({"", kernel});
+  ASSERT_TRUE(gemm(args).ok());
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t j = 0; j < n; ++j) {
+      double product = 0;
+      for (int64_t p = 0; p < k; ++p) product += double(a[size_t(i * k + p)]) * double(b[size_t(p * n + j)]);
+      const double want = 2.0 * product - double((i * n + j) % 3) + double(bias[size_t(j)]);
+      ASSERT_EQ(c.get()[i * n + j], float(want)) << "at (" << i << ", " << j << ")";
+    }
 }
 
 TEST_P(GemmKernel, ExactTier) { run_gemm_sweep(GetParam(), Values::small_ints); }
