@@ -793,7 +793,8 @@ Status run(const std::vector<Term>& given, const Output& c, float alpha, float b
         // would be skipped), else from the workspace lines it has just written.
         const bool last = &term == last_term && pc + kc == term.k;
         // C's final values, stored where they are not read back soon (stream_c).
-        const bool stream_c = direct && last && M * N * int64_t(sizeof(float)) >= kStreamCMinL2s * int64_t(cpu::cpu_info().l2_bytes);
+        const bool stream_c =
+            direct && last && M * N * int64_t(sizeof(float)) >= kStreamCMinL2s * int64_t(cpu::cpu_info().l2_bytes);
         const bool rounds_here = !direct && last && kernel_rounds && (first || alpha != 0.0f);
         const bool finish_tiles = !direct && last && !rounds_here;
         const SliverWriter b_writer{kernel.bf16, kernel.b, nr, kc}, a_writer{kernel.bf16, kernel.a, mr, kc};
@@ -865,7 +866,7 @@ Status run(const std::vector<Term>& given, const Output& c, float alpha, float b
             // separates locating rows from computing. Each thread takes a run of tiles and
             // locates a sliver's rows when it comes to it, in the order rows_in_place_a_outer.
             // Tiles are dealt out in chunks as threads come for them (16 chunks a thread
-            // if there are tiles enough), so that a thread its vCPU's neighbours slow down
+            // if there are tiles enough), so that a thread slowed by its vCPU's neighbours
             // takes fewer: on the shared 2-vCPU test machine, 0-12% faster than halves.
             // A chunk is at least kDynamicChunkFlops of work; with fewer than 4 chunks a
             // thread, static halves (at 128^3 fetching 44 one-tile chunks across two cores
