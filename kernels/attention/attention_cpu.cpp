@@ -90,6 +90,41 @@ const float* f32_row(const TensorRef& t, int64_t base, int64_t count, float* tmp
 // are transposed into slivers by block moves (cpu_elements::transpose_f32).
 bool contiguous_rows(const TensorRef& t) { return t.dtype == DType::f32 && (t.strides[3] == 1 || t.shape[3] <= 1); }
 
+// Packs a (lanes, depth) matrix into micro-kernel slivers of `width` lanes: sliver s holds
+// (depth, width), the value of (lane r, step x) at [s][x][r % width]. With width MR that is
+// an A operand (lanes = rows of the product); with width NR a B operand (lanes = columns).
+// The source is head (b, h) of t from row row0 on, whose rows are the lanes
+// (lanes_are_rows) or the depth steps. Lanes past `lanes` are left as they are (zero in a
+// fresh buffer; no tile reads them). tmp holds a row of t as f32.
+void pack_slivers(const TensorRef& t, int64_t b, int64_t h, int64_t row0, int64_t lanes, int64_t depth, int64_t width,
+                  bool lanes_are_rows, float* dst, float* tmp) {
+  const int64_t base = b * t.strides[0] + h * t.strides[1] + row0 * t.strides[2];
+  const int64_t count = lanes_are_rows ? depth : lanes;
+  const auto row = [&](int64_t i) { return f32_row(t, base + i * t.strides[2], count, tmp); };
+  if (lanes_are_rows && contiguous_rows(t)) {
+    for (int64_t s = 0; s * width < lanes; ++s)
+      cpu_elements::transpose_f32(t.ptr<const float>() + base + s * width * t.strides[2], t.strides[2],
+                                  std::min(width, lanes - s * width), depth, width, dst + s * depth * width);
+    return;
+  }
+  if (lanes_are_rows) {
+    for (int64_t r = 0; r < lanes; ++r) {
+      const float* src = row(r);
+      float* d = dst + (r / width) * depth * width + r % width;
+      for (int64_t x = 0; x < depth; ++x) d[x * width] = src[x];
+    }
+    return;
+  }
+  for (int64_t x = 0; x < depth; ++x) {
+    const float* src = row(x);
+    for (int64_t s = 0; s * width < lanes; ++s) {
+      float* d = dst + (s * depth + x) * width;
+      const int64_t n = std::min(width, lanes - s * width);
+      for (int64_t r = 0; r < n; ++r) d[r] = src[s * width + r];
+    }
+  }
+}
+
 // The forward's K and V for every (batch, kv head), packed once per call as micro-kernel
 // A slivers: K in slivers of MR keys, (E, MR) each, and V^T in slivers of MR value dims
 // over all keys, (Lk, MR) each. A block of keys starting at a multiple of MR is a
@@ -116,27 +151,8 @@ struct ForwardKv {
 #pragma omp for schedule(static)
       for (int64_t bh = 0; bh < heads; ++bh) {
         const int64_t b = bh / sh.kv_heads, h = bh % sh.kv_heads;
-        float* kdst = k + bh * key_slivers * e * mr;
-        float* vdst = vt + bh * dim_slivers * lk * mr;
-        const int64_t k_base = b * kref.strides[0] + h * kref.strides[1];
-        const bool k_by_blocks = contiguous_rows(kref);
-        if (k_by_blocks)
-          for (int64_t s = 0; s < key_slivers; ++s)
-            cpu_elements::transpose_f32(kref.ptr<const float>() + k_base + s * mr * kref.strides[2], kref.strides[2],
-                                        std::min(mr, lk - s * mr), e, mr, kdst + s * e * mr);
-        for (int64_t j = 0; j < lk; ++j) {
-          if (!k_by_blocks) {
-            const float* krow = f32_row(kref, k_base + j * kref.strides[2], e, tmp.data());
-            float* kj = kdst + (j / mr) * e * mr + j % mr;
-            for (int64_t x = 0; x < e; ++x) kj[x * mr] = krow[x];
-          }
-          const float* vrow = f32_row(vref, b * vref.strides[0] + h * vref.strides[1] + j * vref.strides[2], ev, tmp.data());
-          for (int64_t ds = 0; ds < dim_slivers; ++ds) {
-            float* vj = vdst + (ds * lk + j) * mr;
-            const int64_t dims = std::min(mr, ev - ds * mr);
-            for (int64_t d = 0; d < dims; ++d) vj[d] = vrow[ds * mr + d];
-          }
-        }
+        pack_slivers(kref, b, h, 0, lk, e, mr, true, k + bh * key_slivers * e * mr, tmp.data());
+        pack_slivers(vref, b, h, 0, ev, lk, mr, false, vt + bh * dim_slivers * lk * mr, tmp.data());
       }
     }
   }
@@ -233,18 +249,7 @@ Status forward(const AttentionArgs& args) {
       const int64_t bh_kv = b * sh.kv_heads + h / sh.group(), q0 = qb * block_q, rows = std::min(block_q, Lq - q0);
       const int64_t query_tiles = (rows + nr - 1) / nr;
       std::fill(qt.begin(), qt.end(), 0.0f);
-      const int64_t q_base = b * args.q.strides[0] + h * args.q.strides[1];
-      if (contiguous_rows(args.q)) {
-        for (int64_t t = 0; t < query_tiles; ++t)
-          cpu_elements::transpose_f32(args.q.ptr<const float>() + q_base + (q0 + t * nr) * args.q.strides[2],
-                                      args.q.strides[2], std::min(nr, rows - t * nr), E, nr, qt.data() + t * E * nr);
-      } else {
-        for (int64_t i = 0; i < rows; ++i) {
-          const float* qrow = f32_row(args.q, q_base + (q0 + i) * args.q.strides[2], E, tmp.data());
-          float* dst = qt.data() + (i / nr) * E * nr + i % nr;
-          for (int64_t x = 0; x < E; ++x) dst[x * nr] = qrow[x];
-        }
-      }
+      pack_slivers(args.q, b, h, q0, rows, E, nr, true, qt.data(), tmp.data());
       std::fill(m.begin(), m.end(), neg_inf);
       std::fill(l.begin(), l.end(), 0.0f);
       std::fill(ot.begin(), ot.end(), 0.0f);
@@ -295,40 +300,6 @@ Status forward(const AttentionArgs& args) {
   return Status::Ok();
 }
 
-// Packs a (lanes, depth) matrix into micro-kernel slivers of `width` lanes: sliver s holds
-// (depth, width), the value of (lane r, step x) at [s][x][r % width]. With width MR that is
-// an A operand (lanes = rows of the product); with width NR a B operand (lanes = columns).
-// The source is head (b, h) of t, whose rows are the lanes (lanes_are_rows) or the depth
-// steps. Lanes past `lanes` are left as they are (zero in a fresh buffer; no tile reads
-// them). tmp holds a row of t as f32.
-void pack_slivers(const TensorRef& t, int64_t b, int64_t h, int64_t lanes, int64_t depth, int64_t width,
-                  bool lanes_are_rows, float* dst, float* tmp) {
-  const int64_t base = b * t.strides[0] + h * t.strides[1], count = lanes_are_rows ? depth : lanes;
-  const auto row = [&](int64_t i) { return f32_row(t, base + i * t.strides[2], count, tmp); };
-  if (lanes_are_rows && contiguous_rows(t)) {
-    for (int64_t s = 0; s * width < lanes; ++s)
-      cpu_elements::transpose_f32(t.ptr<const float>() + base + s * width * t.strides[2], t.strides[2],
-                                  std::min(width, lanes - s * width), depth, width, dst + s * depth * width);
-    return;
-  }
-  if (lanes_are_rows) {
-    for (int64_t r = 0; r < lanes; ++r) {
-      const float* src = row(r);
-      float* d = dst + (r / width) * depth * width + r % width;
-      for (int64_t x = 0; x < depth; ++x) d[x * width] = src[x];
-    }
-    return;
-  }
-  for (int64_t x = 0; x < depth; ++x) {
-    const float* src = row(x);
-    for (int64_t s = 0; s * width < lanes; ++s) {
-      float* d = dst + (s * depth + x) * width;
-      const int64_t n = std::min(width, lanes - s * width);
-      for (int64_t r = 0; r < n; ++r) d[r] = src[s * width + r];
-    }
-  }
-}
-
 // Every operand of the backward's products, packed once per call so that each block's
 // product reads packed slivers only. Per (batch, head): Q and dO as A slivers of MR
 // queries (depth E, Ev) and Q^T, dO^T as A slivers of MR dims (depth Lq). Per (batch, kv
@@ -366,17 +337,17 @@ struct BackwardOperands {
 #pragma omp for schedule(static) nowait
       for (int64_t bh = 0; bh < heads; ++bh) {
         const int64_t b = bh / sh.heads, h = bh % sh.heads;
-        pack_slivers(args.q, b, h, lq, e, mr, true, q + bh * q_slab, tmp.data());
-        pack_slivers(args.q, b, h, e, lq, mr, false, qt + bh * qt_slab, tmp.data());
-        pack_slivers(args.grad_out, b, h, lq, ev, mr, true, go + bh * go_slab, tmp.data());
-        pack_slivers(args.grad_out, b, h, ev, lq, mr, false, got + bh * got_slab, tmp.data());
+        pack_slivers(args.q, b, h, 0, lq, e, mr, true, q + bh * q_slab, tmp.data());
+        pack_slivers(args.q, b, h, 0, e, lq, mr, false, qt + bh * qt_slab, tmp.data());
+        pack_slivers(args.grad_out, b, h, 0, lq, ev, mr, true, go + bh * go_slab, tmp.data());
+        pack_slivers(args.grad_out, b, h, 0, ev, lq, mr, false, got + bh * got_slab, tmp.data());
       }
 #pragma omp for schedule(static)
       for (int64_t bh = 0; bh < kv_heads; ++bh) {
         const int64_t b = bh / sh.kv_heads, h = bh % sh.kv_heads;
-        pack_slivers(args.k, b, h, lk, e, nr, true, kt + bh * kt_slab, tmp.data());
-        pack_slivers(args.v, b, h, lk, ev, nr, true, vt + bh * vt_slab, tmp.data());
-        pack_slivers(args.k, b, h, e, lk, nr, false, k + bh * k_slab, tmp.data());
+        pack_slivers(args.k, b, h, 0, lk, e, nr, true, kt + bh * kt_slab, tmp.data());
+        pack_slivers(args.v, b, h, 0, lk, ev, nr, true, vt + bh * vt_slab, tmp.data());
+        pack_slivers(args.k, b, h, 0, e, lk, nr, false, k + bh * k_slab, tmp.data());
       }
     }
   }
