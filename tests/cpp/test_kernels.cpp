@@ -486,6 +486,44 @@ TEST_P(AttentionKernel, EmptyCallOnAFreshThread) {
   }
 }
 
+// A NaN score poisons its query's row and nothing else: a NaN in query row 2 makes that
+// row's every score NaN, so its output row is NaN while the others match the reference;
+// a NaN in one key makes every row NaN (each attends it). The cpu kernel's softmax keeps
+// NaN out of its running maxima, so NaN reaches the output only through P.
+TEST_P(AttentionKernel, NanScorePoisonsItsRows) {
+  const std::string kernel = GetParam();
+  SKIP_UNLESS_AVAILABLE(kernel);
+  if (dtype_of_kernel(kernel) != DType::f32) GTEST_SKIP() << "f32 kernels cover the softmax";
+  if (!runs_on_host(kernel)) GTEST_SKIP() << backend_of_kernel(kernel) << " does not run on host memory";
+  constexpr int64_t kQueries = 5, kKeys = 40, kDim = 8;
+  std::vector<float> q(size_t(kQueries * kDim)), k(size_t(kKeys * kDim)), v(size_t(kKeys * kDim));
+  for (size_t i = 0; i < q.size(); ++i) q[i] = float(int(i * 7 % 11) - 5) / 8;
+  for (size_t i = 0; i < k.size(); ++i) k[i] = float(int(i * 5 % 13) - 6) / 8;
+  for (size_t i = 0; i < v.size(); ++i) v[i] = float(int(i * 3 % 7) - 3) / 4;
+  const auto run = [&](const std::string& name, const std::vector<float>& qs, const std::vector<float>& ks) {
+    std::vector<float> out(size_t(kQueries * kDim), 12345.0f);
+    ScopedOverrides force({"", name});
+    AttentionArgs a{TensorRef::contiguous(const_cast<float*>(qs.data()), DType::f32, {1, 1, kQueries, kDim}),
+                    TensorRef::contiguous(const_cast<float*>(ks.data()), DType::f32, {1, 1, kKeys, kDim}),
+                    TensorRef::contiguous(v.data(), DType::f32, {1, 1, kKeys, kDim}),
+                    TensorRef::contiguous(out.data(), DType::f32, {1, 1, kQueries, kDim})};
+    EXPECT_TRUE(attention(a).ok());
+    return out;
+  };
+  std::vector<float> q_nan = q, k_nan = k;
+  q_nan[2 * kDim + 3] = NAN;
+  k_nan[7 * kDim] = NAN;
+  const std::vector<float> want = run("attention.f32.reference", q, k);
+  const std::vector<float> got = run(kernel, q_nan, k);
+  for (int64_t i = 0; i < kQueries; ++i)
+    for (int64_t e = 0; e < kDim; ++e) {
+      const float x = got[size_t(i * kDim + e)], w = want[size_t(i * kDim + e)];
+      if (i == 2) EXPECT_TRUE(std::isnan(x)) << "row 2, dim " << e << ": " << x;
+      else EXPECT_NEAR(x, w, 1e-5 + 1e-5 * std::abs(w)) << "row " << i << ", dim " << e;
+    }
+  for (float x : run(kernel, q, k_nan)) EXPECT_TRUE(std::isnan(x)) << x;
+}
+
 INSTANTIATE_TEST_SUITE_P(All, AttentionKernel, testing::ValuesIn(kernel_names(Op::attention)), printable);
 
 class AttentionBackwardKernel : public testing::TestWithParam<std::string> {};
