@@ -571,6 +571,43 @@ Status grad_input_by_columns(const Conv2dBackwardArgs& args, const conv2d_desc::
   return Status::Ok();
 }
 
+// Grad input of a 1x1 filter at a stride above 1 without padding (ResNet's downsampling
+// projections): input pixel (n, p*sh, q*sw) receives dO[n, p, q] W and every other pixel
+// nothing. The transposed-window GEMM would compute those empty rows too, three in four at
+// stride 2 (res3's projection ran at 0.56x torch's backward); instead the product runs over
+// dO's rows alone, read in place, into scratch, and its rows are copied to their pixels
+// after the rest of the input gradient is zeroed.
+bool strided_pointwise(const conv2d_desc::Shape& sh, const Conv2dParams& prm) {
+  return sh.r == 1 && sh.s == 1 && prm.pad_h == 0 && prm.pad_w == 0 && (prm.stride_h > 1 || prm.stride_w > 1);
+}
+
+Status grad_input_strided_pointwise(const Conv2dBackwardArgs& args, const conv2d_desc::Shape& sh,
+                                    const NhwcImage& grad, float* gi, const MicroKernel& isa_kernel) {
+  const Conv2dParams& prm = args.params;
+  const int64_t cg = sh.c_per_group(), kg = sh.k_per_group(), rows = sh.n * sh.p * sh.q;
+  const MicroKernel& kernel = cpu_gemm::for_columns(isa_kernel, cg);
+  for_each_pixel_row(sh.n, sh.h, sh.n * sh.h * sh.w * sh.c, [&](int64_t in, int64_t y) {
+    float* row = gi + (in * sh.h + y) * sh.w * sh.c;
+    std::fill(row, row + sh.w * sh.c, 0.0f);
+  });
+  if (rows == 0 || cg == 0) return Status::Ok();
+  auto* products = static_cast<float*>(cpu::scratch(size_t(rows * cg) * sizeof(float), kColumnsSlot));
+  if (!products) return {StatusCode::out_of_memory, "cpu conv2d: cannot allocate the grad-input products"};
+  for (int64_t g = 0; g < sh.groups; ++g) {
+    const float* wmat = pack_weight(args.weight, g, kg, false, kernel);
+    if (!wmat) return {StatusCode::out_of_memory, kNoWeightScratch};
+    const Matrix a{grad.data + g * kg, DType::f32, sh.k, 1};  // dO rows (n, p, q), group g's channels
+    ANVIL_RETURN_IF_ERROR(cpu_gemm::run({Term{a, packed_b(wmat), kg}}, Output{products, DType::f32, cg, rows, cg},
+                                        1.0f, 0.0f, nullptr, 0, kernel));
+    for_each_pixel_row(sh.n, sh.p, rows * cg, [&](int64_t in, int64_t p) {
+      for (int64_t q = 0; q < sh.q; ++q)
+        std::memcpy(gi + ((in * sh.h + p * prm.stride_h) * sh.w + q * prm.stride_w) * sh.c + g * cg,
+                    products + ((in * sh.p + p) * sh.q + q) * cg, size_t(cg) * sizeof(float));
+    });
+  }
+  return Status::Ok();
+}
+
 // Grad input as the GEMM of the transposed windows of dO (one run of kg per filter tap)
 // with the weight packed as rows (r, s, k), columns c.
 Status grad_input_by_windows(const Conv2dBackwardArgs& args, const conv2d_desc::Shape& sh, const NhwcImage& grad,
@@ -622,8 +659,9 @@ Status backward(const Conv2dBackwardArgs& args, const MicroKernel& kernel) {
   if (args.grad_input) {
     NhwcTarget gi(*args.grad_input);
     if (!gi.ok) return {StatusCode::out_of_memory, kNoImageScratch};
-    ANVIL_RETURN_IF_ERROR(by_columns(sh) ? grad_input_by_columns(args, sh, grad, gi.data, kernel)
-                                         : grad_input_by_windows(args, sh, grad, gi.data, kernel));
+    ANVIL_RETURN_IF_ERROR(by_columns(sh)                ? grad_input_by_columns(args, sh, grad, gi.data, kernel)
+                          : strided_pointwise(sh, prm) ? grad_input_strided_pointwise(args, sh, grad, gi.data, kernel)
+                                                       : grad_input_by_windows(args, sh, grad, gi.data, kernel));
     gi.commit();
   }
   if (args.grad_weight) {
