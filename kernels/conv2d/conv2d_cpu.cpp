@@ -186,22 +186,32 @@ bool move_f32_tap(const float* src, int64_t inner_stride, int64_t col_stride, in
   return true;
 }
 
+// The filter taps (r * S + s) a packed weight holds, in order: all of them, or a subset
+// (the taps of one phase of a strided grad input).
+struct TapList {
+  const std::vector<int64_t>* subset = nullptr;  // null: all taps
+  int64_t all = 0;
+  int64_t size() const { return subset ? int64_t(subset->size()) : all; }
+  int64_t operator[](int64_t i) const { return subset ? (*subset)[size_t(i)] : i; }
+};
+
 template <class T>
-void pack_weight_typed(const TensorRef& wt, int64_t g, int64_t kg, bool rows_are_channels, int64_t nr, float* out) {
-  const int64_t cg = wt.shape[1], s_max = wt.shape[3], taps = wt.shape[2] * s_max;
+void pack_weight_typed(const TensorRef& wt, int64_t g, int64_t kg, bool rows_are_channels, const TapList& taps,
+                       int64_t nr, float* out) {
+  const int64_t cg = wt.shape[1], s_max = wt.shape[3];
   const int64_t sk = wt.strides[0], sc = wt.strides[1], sr = wt.strides[2], ss = wt.strides[3];
   const int64_t inner = rows_are_channels ? cg : kg, cols = rows_are_channels ? kg : cg;
   const int64_t inner_stride = rows_are_channels ? sc : sk, col_stride = rows_are_channels ? sk : sc;
-  const int64_t rows = taps * inner, slivers = (cols + nr - 1) / nr;
+  const int64_t tap_count = taps.size(), rows = tap_count * inner, slivers = (cols + nr - 1) / nr;
   if (rows == 0 || cols == 0) return;  // an empty weight may carry any strides
   const T* base = wt.ptr<const T>() + g * kg * sk;
   const int threads = rows * cols < (int64_t(1) << 16) ? 1 : cpu::threads_for_call();
 #pragma omp parallel for collapse(2) num_threads(threads) schedule(static)
   for (int64_t j = 0; j < slivers; ++j)
-    for (int64_t tap = 0; tap < taps; ++tap) {
-      const int64_t lanes = std::min(nr, cols - j * nr);
+    for (int64_t t = 0; t < tap_count; ++t) {
+      const int64_t lanes = std::min(nr, cols - j * nr), tap = taps[t];
       const T* src = base + (tap / s_max) * sr + (tap % s_max) * ss + j * nr * col_stride;
-      float* dst = out + (j * rows + tap * inner) * nr;
+      float* dst = out + (j * rows + t * inner) * nr;
       bool moved = false;
       if constexpr (std::is_same_v<T, float>)
         moved = move_f32_tap(src, inner_stride, col_stride, lanes, inner, nr, dst);
@@ -213,18 +223,19 @@ void pack_weight_typed(const TensorRef& wt, int64_t g, int64_t kg, bool rows_are
     }
 }
 
-// The packed weight of group g in the calling thread's scratch, or null when it cannot be
-// allocated.
-const float* pack_weight(const TensorRef& wt, int64_t g, int64_t kg, bool rows_are_channels,
-                         const MicroKernel& kernel) {
+// The packed weight of group g (of the given taps; all by default) in the calling thread's
+// scratch, or null when it cannot be allocated.
+const float* pack_weight(const TensorRef& wt, int64_t g, int64_t kg, bool rows_are_channels, const MicroKernel& kernel,
+                         const std::vector<int64_t>* subset = nullptr) {
+  const TapList taps{subset, wt.shape[2] * wt.shape[3]};
   const int64_t cols = rows_are_channels ? kg : wt.shape[1], nr = kernel.nr;
-  const int64_t floats = (cols + nr - 1) / nr * nr * wt.shape[2] * wt.shape[3] * (rows_are_channels ? wt.shape[1] : kg);
+  const int64_t floats = (cols + nr - 1) / nr * nr * taps.size() * (rows_are_channels ? wt.shape[1] : kg);
   auto* out = static_cast<float*>(cpu::scratch(std::max<size_t>(size_t(floats) * sizeof(float), 64), kWeightSlot));
   if (!out) return nullptr;
   switch (wt.dtype) {
-    case DType::f16: pack_weight_typed<float16>(wt, g, kg, rows_are_channels, nr, out); break;
-    case DType::bf16: pack_weight_typed<bfloat16>(wt, g, kg, rows_are_channels, nr, out); break;
-    default: pack_weight_typed<float>(wt, g, kg, rows_are_channels, nr, out);
+    case DType::f16: pack_weight_typed<float16>(wt, g, kg, rows_are_channels, taps, nr, out); break;
+    case DType::bf16: pack_weight_typed<bfloat16>(wt, g, kg, rows_are_channels, taps, nr, out); break;
+    default: pack_weight_typed<float>(wt, g, kg, rows_are_channels, taps, nr, out);
   }
   return out;
 }
@@ -615,40 +626,105 @@ Status grad_input_by_columns(const Conv2dBackwardArgs& args, const conv2d_desc::
   return Status::Ok();
 }
 
-// Grad input of a 1x1 filter at a stride above 1 without padding (ResNet's downsampling
-// projections): input pixel (n, p*sh, q*sw) receives dO[n, p, q] W and every other pixel
-// nothing. The transposed-window GEMM would compute those empty rows too, three in four at
-// stride 2 (res3's projection ran at 0.56x torch's backward); instead the product runs over
-// dO's rows alone, read in place, into scratch, and its rows are copied to their pixels
-// after the rest of the input gradient is zeroed.
-bool strided_pointwise(const conv2d_desc::Shape& sh, const Conv2dParams& prm) {
-  return sh.r == 1 && sh.s == 1 && prm.pad_h == 0 && prm.pad_w == 0 && (prm.stride_h > 1 || prm.stride_w > 1);
-}
+// Grad input at a stride above 1, by phases. Input pixel (y, x) receives tap r only where
+// y + pad_h - r * dil_h is a multiple of stride_h: which taps depends only on the pixel's
+// phase (y mod stride_h, x mod stride_w). The transposed-window GEMM gives every pixel
+// every tap, a zero run where it does not reach, so at stride 2 three in four of its runs
+// were zeros (a 3x3 stride-2 grad input ran at 0.40x torch, res3's 1x1 projection at
+// 0.56x). Per phase, the pixels (ph + stride_h * i, pw + stride_w * j) form an image that
+// is a stride-1 correlation of dO with the phase's taps alone:
+//   dI[ph + sh*i, pw + sw*j] = sum_(taps (r, s) of the phase) dO[i + dy_r, j + dx_s] W[r, s]
+// with dy_r = (ph + pad_h - r * dil_h) / stride_h (a whole number for the phase's taps).
+// Each phase is one GEMM into scratch, scattered into its pixels; the pixels of a phase no
+// tap reaches (a 1x1 filter's, but for phase (0, 0)) are zero.
+struct PhaseWindows {
+  const float* grad;          // NHWC grad_output
+  int64_t p, q, k, k0;        // its extents, channels, and the group's first channel
+  int64_t rows_h, rows_w;     // the phase image's extents
+  std::vector<int64_t> dy, dx;  // per run (a tap of the phase): its offset into dO
+  const float* zeros;
 
-Status grad_input_strided_pointwise(const Conv2dBackwardArgs& args, const conv2d_desc::Shape& sh,
-                                    const NhwcImage& grad, float* gi, const MicroKernel& isa_kernel) {
-  const Conv2dParams& prm = args.params;
-  const int64_t cg = sh.c_per_group(), kg = sh.k_per_group(), rows = sh.n * sh.p * sh.q;
-  const MicroKernel& kernel = cpu_gemm::for_columns(isa_kernel, cg);
-  for_each_pixel_row(sh.n, sh.h, sh.n * sh.h * sh.w * sh.c, [&](int64_t in, int64_t y) {
-    float* row = gi + (in * sh.h + y) * sh.w * sh.c;
-    std::fill(row, row + sh.w * sh.c, 0.0f);
-  });
-  if (rows == 0 || cg == 0) return Status::Ok();
-  auto* products = static_cast<float*>(cpu::scratch(size_t(rows * cg) * sizeof(float), kColumnsSlot));
-  if (!products) return {StatusCode::out_of_memory, "cpu conv2d: cannot allocate the grad-input products"};
-  for (int64_t g = 0; g < sh.groups; ++g) {
-    const float* wmat = pack_weight(args.weight, g, kg, false, kernel);
-    if (!wmat) return {StatusCode::out_of_memory, kNoWeightScratch};
-    const Matrix a{grad.data + g * kg, DType::f32, sh.k, 1};  // dO rows (n, p, q), group g's channels
-    ANVIL_RETURN_IF_ERROR(cpu_gemm::run({Term{a, packed_b(wmat), kg}}, Output{products, DType::f32, cg, rows, cg},
-                                        1.0f, 0.0f, nullptr, 0, kernel));
-    for_each_pixel_row(sh.n, sh.p, rows * cg, [&](int64_t in, int64_t p) {
-      for (int64_t q = 0; q < sh.q; ++q)
-        std::memcpy(gi + ((in * sh.h + p * prm.stride_h) * sh.w + q * prm.stride_w) * sh.c + g * cg,
-                    products + ((in * sh.p + p) * sh.q + q) * cg, size_t(cg) * sizeof(float));
-    });
+  static void locate(const void* self, int64_t first, int64_t count, int64_t row0, int64_t rows, int64_t stride,
+                     const float** out) {
+    const auto& g = *static_cast<const PhaseWindows*>(self);
+    int64_t n = row0 / (g.rows_h * g.rows_w), i = row0 / g.rows_w % g.rows_h, j = row0 % g.rows_w;
+    for (int64_t row = 0; row < rows; ++row) {
+      const float* image = g.grad + n * g.p * g.q * g.k + g.k0;
+      for (int64_t run = 0; run < count; ++run) {
+        const int64_t y = i + g.dy[size_t(first + run)], x = j + g.dx[size_t(first + run)];
+        out[run * stride + row] = y >= 0 && y < g.p && x >= 0 && x < g.q ? image + (y * g.q + x) * g.k : g.zeros;
+      }
+      if (++j == g.rows_w) {
+        j = 0;
+        if (++i == g.rows_h) i = 0, ++n;
+      }
+    }
   }
+};
+
+Status grad_input_by_phases(const Conv2dBackwardArgs& args, const conv2d_desc::Shape& sh, const NhwcImage& grad,
+                            float* gi, const MicroKernel& isa_kernel) {
+  const Conv2dParams& prm = args.params;
+  const int64_t cg = sh.c_per_group(), kg = sh.k_per_group();
+  const MicroKernel& kernel = cpu_gemm::for_columns(isa_kernel, cg);
+  const std::vector<float> zeros(static_cast<size_t>(kg), 0.0f);
+  // The taps r that reach rows of phase ph, and their offsets dy (likewise for columns).
+  const auto phase_taps = [](int64_t phase, int64_t taps, int64_t pad, int64_t dilation, int64_t stride,
+                             std::vector<int64_t>& tap, std::vector<int64_t>& offset) {
+    tap.clear();
+    offset.clear();
+    for (int64_t r = 0; r < taps; ++r) {
+      const int64_t num = phase + pad - r * dilation;  // may be negative; divided only when exact
+      if (num % stride != 0) continue;
+      tap.push_back(r);
+      offset.push_back(num / stride);
+    }
+  };
+  std::vector<int64_t> taps_r, dy, taps_s, dx;
+  bool some_phase_empty = false;
+  for (int64_t ph = 0; ph < std::min(prm.stride_h, sh.h); ++ph)
+    for (int64_t pw = 0; pw < std::min(prm.stride_w, sh.w); ++pw) {
+      phase_taps(ph, sh.r, prm.pad_h, prm.dilation_h, prm.stride_h, taps_r, dy);
+      phase_taps(pw, sh.s, prm.pad_w, prm.dilation_w, prm.stride_w, taps_s, dx);
+      some_phase_empty = some_phase_empty || taps_r.empty() || taps_s.empty();
+    }
+  if (some_phase_empty)
+    for_each_pixel_row(sh.n, sh.h, sh.n * sh.h * sh.w * sh.c, [&](int64_t in, int64_t y) {
+      float* row = gi + (in * sh.h + y) * sh.w * sh.c;
+      std::fill(row, row + sh.w * sh.c, 0.0f);
+    });
+  for (int64_t ph = 0; ph < std::min(prm.stride_h, sh.h); ++ph)
+    for (int64_t pw = 0; pw < std::min(prm.stride_w, sh.w); ++pw) {
+      phase_taps(ph, sh.r, prm.pad_h, prm.dilation_h, prm.stride_h, taps_r, dy);
+      phase_taps(pw, sh.s, prm.pad_w, prm.dilation_w, prm.stride_w, taps_s, dx);
+      const int64_t rows_h = (sh.h - ph + prm.stride_h - 1) / prm.stride_h;
+      const int64_t rows_w = (sh.w - pw + prm.stride_w - 1) / prm.stride_w, rows = sh.n * rows_h * rows_w;
+      if (taps_r.empty() || taps_s.empty() || rows == 0 || cg == 0) continue;
+      PhaseWindows windows{grad.data, sh.p, sh.q, sh.k, 0, rows_h, rows_w, {}, {}, zeros.data()};
+      std::vector<int64_t> taps;  // (r, s) of the phase, r major: the runs' order and the packed weight's rows
+      for (size_t a = 0; a < taps_r.size(); ++a)
+        for (size_t b = 0; b < taps_s.size(); ++b) {
+          taps.push_back(taps_r[a] * sh.s + taps_s[b]);
+          windows.dy.push_back(dy[a]);
+          windows.dx.push_back(dx[b]);
+        }
+      const int64_t depth = int64_t(taps.size()) * kg;
+      auto* products = static_cast<float*>(cpu::scratch(size_t(rows * cg) * sizeof(float), kColumnsSlot));
+      if (!products) return {StatusCode::out_of_memory, "cpu conv2d: cannot allocate the grad-input products"};
+      for (int64_t g = 0; g < sh.groups; ++g) {
+        const float* wmat = pack_weight(args.weight, g, kg, false, kernel, &taps);
+        if (!wmat) return {StatusCode::out_of_memory, kNoWeightScratch};
+        windows.k0 = g * kg;
+        ANVIL_RETURN_IF_ERROR(cpu_gemm::run({Term{in_runs(windows, kg), packed_b(wmat), depth}},
+                                            Output{products, DType::f32, cg, rows, cg}, 1.0f, 0.0f, nullptr, 0, kernel));
+        for_each_pixel_row(sh.n, rows_h, rows * cg, [&](int64_t in, int64_t i) {
+          const float* src = products + (in * rows_h + i) * rows_w * cg;
+          float* dst = gi + ((in * sh.h + ph + i * prm.stride_h) * sh.w + pw) * sh.c + g * cg;
+          for (int64_t j = 0; j < rows_w; ++j)
+            std::memcpy(dst + j * prm.stride_w * sh.c, src + j * cg, size_t(cg) * sizeof(float));
+        });
+      }
+    }
   return Status::Ok();
 }
 
@@ -703,9 +779,10 @@ Status backward(const Conv2dBackwardArgs& args, const MicroKernel& kernel) {
   if (args.grad_input) {
     NhwcTarget gi(*args.grad_input);
     if (!gi.ok) return {StatusCode::out_of_memory, kNoImageScratch};
-    ANVIL_RETURN_IF_ERROR(by_columns(sh)                ? grad_input_by_columns(args, sh, grad, gi.data, kernel)
-                          : strided_pointwise(sh, prm) ? grad_input_strided_pointwise(args, sh, grad, gi.data, kernel)
-                                                       : grad_input_by_windows(args, sh, grad, gi.data, kernel));
+    const bool strided = prm.stride_h > 1 || prm.stride_w > 1;
+    ANVIL_RETURN_IF_ERROR(by_columns(sh) ? grad_input_by_columns(args, sh, grad, gi.data, kernel)
+                          : strided      ? grad_input_by_phases(args, sh, grad, gi.data, kernel)
+                                         : grad_input_by_windows(args, sh, grad, gi.data, kernel));
     gi.commit();
   }
   if (args.grad_weight) {
