@@ -43,7 +43,8 @@ bool is_f32_nhwc(const TensorRef& t) { return t.dtype == DType::f32 && layout_of
 // may have any stride.
 bool krsc_rows(const TensorRef& w, const conv2d_desc::Shape& sh) {
   const int64_t cg = sh.c_per_group();
-  return (cg == 1 || w.strides[1] == 1) && (sh.s == 1 || w.strides[3] == cg) && (sh.r == 1 || w.strides[2] == sh.s * cg);
+  return (cg == 1 || w.strides[1] == 1) && (sh.s == 1 || w.strides[3] == cg) &&
+         (sh.r == 1 || w.strides[2] == sh.s * cg);
 }
 
 // The address of row k of w (null for an empty w).
@@ -715,8 +716,9 @@ Status grad_input_by_phases(const Conv2dBackwardArgs& args, const conv2d_desc::S
         const float* wmat = pack_weight(args.weight, g, kg, false, kernel, &taps);
         if (!wmat) return {StatusCode::out_of_memory, kNoWeightScratch};
         windows.k0 = g * kg;
-        ANVIL_RETURN_IF_ERROR(cpu_gemm::run({Term{in_runs(windows, kg), packed_b(wmat), depth}},
-                                            Output{products, DType::f32, cg, rows, cg}, 1.0f, 0.0f, nullptr, 0, kernel));
+        const Output c{products, DType::f32, cg, rows, cg};
+        ANVIL_RETURN_IF_ERROR(
+            cpu_gemm::run({Term{in_runs(windows, kg), packed_b(wmat), depth}}, c, 1.0f, 0.0f, nullptr, 0, kernel));
         for_each_pixel_row(sh.n, rows_h, rows * cg, [&](int64_t in, int64_t i) {
           const float* src = products + (in * rows_h + i) * rows_w * cg;
           float* dst = gi + ((in * sh.h + ph + i * prm.stride_h) * sh.w + pw) * sh.c + g * cg;
