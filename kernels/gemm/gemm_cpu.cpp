@@ -47,9 +47,11 @@ constexpr int64_t kStreamBMaxM = 16;
 constexpr int64_t kInPlaceMaxSlivers = 8;  // B slivers per block up to which A is read in place (a_in_place)
 constexpr int64_t kSerialFlops = 2 * 96 * 96 * 96;  // below this, an OpenMP fork costs more than a 2nd core gives
 // C of at least this many L2 sizes is stored past the caches once final (Tile::stream_c).
-// Measured (conv2d NHWC output, 2 threads, 2 MiB L2): 25 MiB 1.05-1.2x faster; 6 MiB no
-// different; 3 MiB 0.9x (it would have been read back from L3).
-constexpr int64_t kStreamCMinL2s = 4;
+// Measured (conv2d NHWC output, 2 threads, 2 MiB L2, anvil ÷ oneDNN with plain stores ->
+// streamed, one process): 25 MiB 1.05-1.2x faster; 6.4 MiB (res2 1x1 64 -> 64 at batch 8)
+// 0.75-0.77 -> 0.91-0.94, res4 1x1 at batch 8 0.95 -> 0.98, res2 3x3 level; 4 MiB (GEMM
+// 1024^3) level; 3.2 MiB mixed (0.97-1.05x, and 0.9x in an earlier driver), so left out.
+constexpr int64_t kStreamCMinL2s = 2;
 constexpr int64_t kDynamicChunkFlops = int64_t(1) << 22;  // ~20 us on a core: a chunk fetch (~0.1 us) is noise
 
 struct Blocking {
