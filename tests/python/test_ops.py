@@ -257,6 +257,30 @@ def test_gradcheck_attention(causal, mask):
     assert torch.autograd.gradcheck(lambda q, k, v: anvil.attention(q, k, v, attn_mask=m, is_causal=causal), (q, k, v))
 
 
+def test_graph_recorded_only_when_a_gradient_is_wanted():
+    # The autograd kernels call the ops below autograd when no input wants a gradient (or
+    # grad mode is off), and record a node as soon as any one does, the bias alone included.
+    a, b, bias = torch.randn(3, 4), torch.randn(4, 5), torch.randn(5)
+    x, w = torch.randn(1, 2, 5, 5), torch.randn(3, 2, 3, 3)
+    q, k, v = torch.randn(1, 2, 4, 8), torch.randn(1, 2, 6, 8), torch.randn(1, 2, 6, 8)
+    calls = {
+        "gemm": (lambda a, b, bias: anvil.gemm(a, b, bias), [a, b, bias]),
+        "conv2d": (lambda x, w, bias: anvil.conv2d(x, w, bias[:3], 1, 1), [x, w, bias]),
+        "attention": (lambda q, k, v: anvil.attention(q, k, v), [q, k, v]),
+    }
+    for name, (call, inputs) in calls.items():
+        out = call(*inputs)
+        assert out.grad_fn is None and not out.requires_grad, name
+        for i in range(len(inputs)):
+            wanted = [t.clone().requires_grad_(j == i) for j, t in enumerate(inputs)]
+            with torch.no_grad():
+                assert call(*wanted).grad_fn is None, name
+            out = call(*wanted)
+            assert out.requires_grad and out.grad_fn is not None, (name, i)
+            (grad,) = torch.autograd.grad(out.sum(), wanted[i])
+            assert grad.shape == wanted[i].shape and torch.isfinite(grad).all(), (name, i)
+
+
 # ------------------------------------------------------------------ torch.compile
 class TinyModel(torch.nn.Module):
     def __init__(self):
