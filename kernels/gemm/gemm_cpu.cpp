@@ -44,6 +44,15 @@ constexpr int64_t kUnpackedMaxM = 4;
 // (M x 4096 x 4096, 2 threads, (6, 64) tile): 1.4x at M = 8, 1.3x at 12, 1.06x at 16,
 // 0.88x at 24 (each B row is then read by more tiles, ldb apart, than it costs to pack).
 constexpr int64_t kStreamBMaxM = 16;
+// The k block of streamed B: short, so that the B rows one block spans (each ldb apart, a
+// page of its own for wide B) are few enough for the L2 streamer to follow all of them
+// while the tiles step along them, 256 bytes a tile. At KC 512 each tile read its 256
+// bytes of 512 rows and left, and B came at 10 GB/s. Measured against oneDNN's matmul (2
+// threads, one process), KC 512 -> 96: 16x4096x4096 0.71-0.79 -> 0.99-1.15x, 8x4096x4096
+// 0.88-0.93 -> 1.17x, 4x4096x4096 1.49-1.56 -> 1.96x, 1x4096x4096 1.42-1.54 -> 1.79-1.86x,
+// 16x11008x4096 1.2 -> 1.29x; 1x11008x4096 level to 4% slower. (64: 1x11008 9% slower;
+// 128: 16x4096 0.92-0.95.) Each k block costs a pass over C, which is small here.
+constexpr int64_t kStreamBKc = 96;
 constexpr int64_t kInPlaceMaxSlivers = 8;  // B slivers per block up to which A is read in place (a_in_place)
 constexpr int64_t kSerialFlops = 2 * 96 * 96 * 96;  // below this, an OpenMP fork costs more than a 2nd core gives
 // C of at least this many L2 sizes is stored past the caches once final (Tile::stream_c).
@@ -780,7 +789,10 @@ Status run(const std::vector<Term>& given, const Output& c, float alpha, float b
       const int64_t nc = std::min(blk.nc, N - jc);
       for (int64_t pc = 0, kc = 0; pc < term.k; pc += kc) {
         const bool rows_on_ready_b = b_ready && term.a.in_runs() && kernel.reads_rows;
-        const KBlock k_block = k_block_at(term, pc, rows_on_ready_b ? kc_rows_on_ready_b(blk, M, nc, kernel) : blk.kc);
+        const int64_t kc_wanted = rows_on_ready_b ? kc_rows_on_ready_b(blk, M, nc, kernel)
+                                  : stream_b      ? std::min(blk.kc, kStreamBKc)
+                                                  : blk.kc;
+        const KBlock k_block = k_block_at(term, pc, kc_wanted);
         kc = k_block.kc;
         const bool a_rows = k_block.run > 0 && kernel.reads_rows;  // the kernel reads A's runs in place
         const bool first = &term == first_term && pc == 0;
