@@ -157,10 +157,11 @@ Status gemm_backward_run(const GemmBackwardArgs& args) {
 
 // Priorities measured against the cpu backend (100, bf16 110) with anvil-bench on a
 // 2-core Sapphire Rapids (AMX) VM, README "oneapi": oneDNN's brgemm matmul is faster for
-// f32 from M = 16 up (1.1-2.0x on squares 64..2048, 16x4096x4096, 512x4096x4096; not on
-// 64x11008x4096, 0.88x), for bf16 by 3-6x (AMX) and for f16 by 1.8-6x, but anvil's
-// streamed decode path wins at M <= 4 (1x4096x4096: 3.2 vs 3.7 ms).
-static int forward_priority(const GemmArgs& args) { return gemm_desc::shape_of(args).m <= 4 ? 95 : 120; }
+// f32 from M = 17 up (1.1-2.0x on squares 64..2048, 1.14-1.2x at 24..64 x 4096 x 4096,
+// 512x4096x4096; not on 64x11008x4096, 0.68x), for bf16 by 3-6x (AMX) and for f16 by
+// 1.8-6x, but anvil's streamed-B path wins at M <= 16 (through torch.ops, 2026-11-28:
+// 1.83x at 4x4096x4096, 1.62x at 8, 1.24x at 16, 1.48-1.50x at 8 and 16 x 11008 x 4096).
+static int forward_priority(const GemmArgs& args) { return gemm_desc::shape_of(args).m <= 16 ? 95 : 120; }
 
 void add_gemm_kernels(dispatch::KernelTables& tables) {
   for (DType dtype : {DType::f32, DType::bf16, DType::f16}) {

@@ -273,6 +273,19 @@ TEST(Registry, PrioritiesPerShapeClass) {
     EXPECT_EQ(kernel.rfind(expected, 0), 0u) << "M=" << m << " chose " << kernel;
     EXPECT_NE(explain(args).find("for this shape]"), std::string::npos) << explain(args);
   }
+  // conv2d: the cpu kernel ranks above oneDNN where it runs with the weights as A (few
+  // pixels against many filters, KRSC weights), and below it elsewhere.
+  for (const auto& [filters, expected] : {std::pair<int64_t, std::string>{512, "conv2d.f32.cpu."}, {16, "conv2d.f32.oneapi."}}) {
+    std::vector<float> x(size_t(7 * 7 * 64), 1.0f), w(size_t(filters * 9 * 64), 1.0f), y(size_t(7 * 7 * filters), NAN);
+    Conv2dArgs args;
+    args.input = image_tensor(x.data(), DType::f32, Layout::nhwc, 1, 64, 7, 7);
+    args.weight = image_tensor(w.data(), DType::f32, Layout::nhwc, filters, 64, 3, 3);
+    args.output = image_tensor(y.data(), DType::f32, Layout::nhwc, 1, filters, 7, 7);
+    args.params.pad_h = args.params.pad_w = 1;
+    std::string kernel;
+    ASSERT_TRUE(select_kernel(args, &kernel).ok());
+    EXPECT_EQ(kernel.rfind(expected, 0), 0u) << filters << " filters chose " << kernel;
+  }
 }
 
 TEST(CpuIsaCap, Avx2HostChoosesAvx2Kernels) {
