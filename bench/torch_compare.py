@@ -51,6 +51,11 @@ def compare(label, anvil_fn, torch_fn, reps, atol):
     print(f"{label:<40} {ma * 1e3:>10.3f} {mt * 1e3:>10.3f} {mt / ma:>7.3f}")
 
 
+def conv2d_on_cpu_backend(x, w, stride, padding):
+    with anvil.force(backend="cpu"):
+        return anvil.conv2d(x, w, None, stride, padding)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--reps", type=int, default=15)
@@ -80,13 +85,25 @@ def main():
             xi = torch.randn(n, c, h, w).to(memory_format=torch.channels_last)
             wt = torch.randn(kk, c, rr, s).to(memory_format=torch.channels_last)
 
-            def on_cpu_backend():
-                with anvil.force(backend="cpu"):
-                    return anvil.conv2d(xi, wt, None, st, pd)
-
-            compare(f"conv2d {r['name']} n{n} cpu", on_cpu_backend, lambda: F.conv2d(xi, wt, None, st, pd), a.reps, 1e-2)
+            compare(f"conv2d {r['name']} n{n} cpu", lambda: conv2d_on_cpu_backend(xi, wt, st, pd),
+                    lambda: F.conv2d(xi, wt, None, st, pd), a.reps, 1e-2)
             compare(f"conv2d {r['name']} n{n} default", lambda: anvil.conv2d(xi, wt, None, st, pd),
                     lambda: F.conv2d(xi, wt, None, st, pd), a.reps, 1e-2)
+            # backward alone (input and weight gradients), each library's own forward graph
+            xg, wg = xi.clone().requires_grad_(), wt.clone().requires_grad_()
+            anvil_out, torch_out = conv2d_on_cpu_backend(xg, wg, st, pd), F.conv2d(xg, wg, None, st, pd)
+            grad = torch.randn_like(torch_out).contiguous(memory_format=torch.channels_last)
+
+            def anvil_backward():
+                with anvil.force(backend="cpu"):
+                    return torch.autograd.grad(anvil_out, (xg, wg), grad, retain_graph=True)[1]
+
+            def torch_backward():
+                return torch.autograd.grad(torch_out, (xg, wg), grad, retain_graph=True)[1]
+
+            # (the weight gradient sums over every output pixel: checked relative to its size)
+            compare(f"conv2d backward {r['name']} n{n} cpu", anvil_backward, torch_backward, a.reps,
+                    1e-4 * float(torch_backward().abs().max()))
     for r in rows("attention", "bench") + [{"batch": 1, "heads": 2, "kv_heads": 2, "seq_q": 128, "seq_k": 128,
                                             "head_dim": 64, "causal": 1}]:
         b, h, hk, lq, lk, e = (int(r[i]) for i in ("batch", "heads", "kv_heads", "seq_q", "seq_k", "head_dim"))
