@@ -275,7 +275,8 @@ TEST(Registry, PrioritiesPerShapeClass) {
   }
   // conv2d: the cpu kernel ranks above oneDNN where it runs with the weights as A (few
   // pixels against many filters, KRSC weights), and below it elsewhere.
-  for (const auto& [filters, expected] : {std::pair<int64_t, std::string>{512, "conv2d.f32.cpu."}, {16, "conv2d.f32.oneapi."}}) {
+  for (const auto& [filters, expected] :
+       {std::pair<int64_t, std::string>{512, "conv2d.f32.cpu."}, {16, "conv2d.f32.oneapi."}}) {
     std::vector<float> x(size_t(7 * 7 * 64), 1.0f), w(size_t(filters * 9 * 64), 1.0f), y(size_t(7 * 7 * filters), NAN);
     Conv2dArgs args;
     args.input = image_tensor(x.data(), DType::f32, Layout::nhwc, 1, 64, 7, 7);
