@@ -38,14 +38,19 @@ using GemmSignature = at::Tensor(const at::Tensor&, const at::Tensor&, const std
 using GemmBackwardSignature = std::tuple<at::Tensor, at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
                                                                              const at::Tensor&, std::array<bool, 3>);
 
+// The forward op below autograd, looked up once (by the node's forward and by the direct call).
+const c10::TypedOperatorHandle<GemmSignature>& gemm_op() {
+  static const auto handle = op<GemmSignature>("anvil::gemm");
+  return handle;
+}
+
 struct GemmFunction : torch::autograd::Function<GemmFunction> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& a, const at::Tensor& b,
                             const std::optional<at::Tensor>& bias) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     ctx->save_for_backward({a, b});
     ctx->saved_data["has_bias"] = bias.has_value();
-    static const auto gemm = op<GemmSignature>("anvil::gemm");
-    return gemm.call(a, b, bias);
+    return gemm_op().call(a, b, bias);
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const variable_list saved = ctx->get_saved_variables();
@@ -60,8 +65,7 @@ struct GemmFunction : torch::autograd::Function<GemmFunction> {
 at::Tensor gemm(const at::Tensor& a, const at::Tensor& b, const std::optional<at::Tensor>& bias) {
   if (records_graph(a, b, bias)) return GemmFunction::apply(a, b, bias);
   at::AutoDispatchBelowADInplaceOrView below_autograd;
-  static const auto gemm = op<GemmSignature>("anvil::gemm");
-  return gemm.call(a, b, bias);
+  return gemm_op().call(a, b, bias);
 }
 
 // ------------------------------------------------------------------ conv2d
@@ -70,6 +74,11 @@ using Conv2dSignature = at::Tensor(const at::Tensor&, const at::Tensor&, const s
 using Conv2dBackwardSignature = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
     const at::Tensor&, const at::Tensor&, const at::Tensor&, at::IntArrayRef, at::IntArrayRef, at::IntArrayRef,
     int64_t, std::array<bool, 3>);
+
+const c10::TypedOperatorHandle<Conv2dSignature>& conv2d_op() {
+  static const auto handle = op<Conv2dSignature>("anvil::conv2d");
+  return handle;
+}
 
 struct Conv2dFunction : torch::autograd::Function<Conv2dFunction> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input, const at::Tensor& weight,
@@ -82,8 +91,7 @@ struct Conv2dFunction : torch::autograd::Function<Conv2dFunction> {
     ctx->saved_data["padding"] = padding.vec();
     ctx->saved_data["dilation"] = dilation.vec();
     ctx->saved_data["groups"] = groups;
-    static const auto conv2d = op<Conv2dSignature>("anvil::conv2d");
-    return conv2d.call(input, weight, bias, stride, padding, dilation, groups);
+    return conv2d_op().call(input, weight, bias, stride, padding, dilation, groups);
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const variable_list saved = ctx->get_saved_variables();
@@ -103,8 +111,7 @@ at::Tensor conv2d(const at::Tensor& input, const at::Tensor& weight, const std::
   if (records_graph(input, weight, bias))
     return Conv2dFunction::apply(input, weight, bias, stride, padding, dilation, groups);
   at::AutoDispatchBelowADInplaceOrView below_autograd;
-  static const auto conv2d = op<Conv2dSignature>("anvil::conv2d");
-  return conv2d.call(input, weight, bias, stride, padding, dilation, groups);
+  return conv2d_op().call(input, weight, bias, stride, padding, dilation, groups);
 }
 
 // ------------------------------------------------------------------ attention
@@ -115,13 +122,17 @@ using AttentionBackwardSignature = std::tuple<at::Tensor, at::Tensor, at::Tensor
     const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
     const std::optional<at::Tensor>&, bool, std::optional<double>);
 
+const c10::TypedOperatorHandle<AttentionSignature>& attention_op() {
+  static const auto handle = op<AttentionSignature>("anvil::attention_forward");
+  return handle;
+}
+
 // Outputs (out, lse); lse is not differentiable and the mask takes no gradient.
 struct AttentionFunction : torch::autograd::Function<AttentionFunction> {
   static variable_list forward(AutogradContext* ctx, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                const std::optional<at::Tensor>& mask, bool is_causal, std::optional<double> scale) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    static const auto attention = op<AttentionSignature>("anvil::attention_forward");
-    auto [out, lse] = attention.call(q, k, v, mask, is_causal, scale);
+    auto [out, lse] = attention_op().call(q, k, v, mask, is_causal, scale);
     ctx->save_for_backward({q, k, v, out, lse, mask.value_or(at::Tensor())});
     ctx->saved_data["is_causal"] = is_causal;
     ctx->saved_data["scale"] = scale;
@@ -145,8 +156,7 @@ std::tuple<at::Tensor, at::Tensor> attention_forward(const at::Tensor& q, const 
                                                      std::optional<double> scale) {
   if (!records_graph(q, k, v)) {  // (the mask takes no gradient)
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    static const auto attention = op<AttentionSignature>("anvil::attention_forward");
-    return attention.call(q, k, v, mask, is_causal, scale);
+    return attention_op().call(q, k, v, mask, is_causal, scale);
   }
   const variable_list outs = AttentionFunction::apply(q, k, v, mask, is_causal, scale);
   return {outs[0], outs[1]};

@@ -669,35 +669,37 @@ Status grad_input_by_phases(const Conv2dBackwardArgs& args, const conv2d_desc::S
   const int64_t cg = sh.c_per_group(), kg = sh.k_per_group();
   const MicroKernel& kernel = cpu_gemm::for_columns(isa_kernel, cg);
   const std::vector<float> zeros(static_cast<size_t>(kg), 0.0f);
-  // The taps r that reach rows of phase ph, and their offsets dy (likewise for columns).
-  const auto phase_taps = [](int64_t phase, int64_t taps, int64_t pad, int64_t dilation, int64_t stride,
-                             std::vector<int64_t>& tap, std::vector<int64_t>& offset) {
-    tap.clear();
-    offset.clear();
-    for (int64_t r = 0; r < taps; ++r) {
-      const int64_t num = phase + pad - r * dilation;  // may be negative; divided only when exact
-      if (num % stride != 0) continue;
-      tap.push_back(r);
-      offset.push_back(num / stride);
-    }
+  // Per row phase ph, the taps r that reach its rows and their offsets dy; likewise per
+  // column phase. A pixel's taps are those of its row phase by those of its column phase.
+  struct PhaseTaps {
+    std::vector<int64_t> tap, offset;
   };
-  std::vector<int64_t> taps_r, dy, taps_s, dx;
-  bool some_phase_empty = false;
-  for (int64_t ph = 0; ph < std::min(prm.stride_h, sh.h); ++ph)
-    for (int64_t pw = 0; pw < std::min(prm.stride_w, sh.w); ++pw) {
-      phase_taps(ph, sh.r, prm.pad_h, prm.dilation_h, prm.stride_h, taps_r, dy);
-      phase_taps(pw, sh.s, prm.pad_w, prm.dilation_w, prm.stride_w, taps_s, dx);
-      some_phase_empty = some_phase_empty || taps_r.empty() || taps_s.empty();
-    }
-  if (some_phase_empty)
+  const auto phases_of = [](int64_t extent, int64_t taps, int64_t pad, int64_t dilation, int64_t stride) {
+    std::vector<PhaseTaps> phases(static_cast<size_t>(std::min(stride, extent)));
+    for (int64_t phase = 0; phase < int64_t(phases.size()); ++phase)
+      for (int64_t r = 0; r < taps; ++r) {
+        const int64_t num = phase + pad - r * dilation;  // may be negative; divided only when exact
+        if (num % stride != 0) continue;
+        phases[size_t(phase)].tap.push_back(r);
+        phases[size_t(phase)].offset.push_back(num / stride);
+      }
+    return phases;
+  };
+  const std::vector<PhaseTaps> row_phases = phases_of(sh.h, sh.r, prm.pad_h, prm.dilation_h, prm.stride_h);
+  const std::vector<PhaseTaps> column_phases = phases_of(sh.w, sh.s, prm.pad_w, prm.dilation_w, prm.stride_w);
+  const auto empty = [](const PhaseTaps& phase) { return phase.tap.empty(); };
+  if (std::any_of(row_phases.begin(), row_phases.end(), empty) ||
+      std::any_of(column_phases.begin(), column_phases.end(), empty))
     for_each_pixel_row(sh.n, sh.h, sh.n * sh.h * sh.w * sh.c, [&](int64_t in, int64_t y) {
       float* row = gi + (in * sh.h + y) * sh.w * sh.c;
       std::fill(row, row + sh.w * sh.c, 0.0f);
     });
-  for (int64_t ph = 0; ph < std::min(prm.stride_h, sh.h); ++ph)
-    for (int64_t pw = 0; pw < std::min(prm.stride_w, sh.w); ++pw) {
-      phase_taps(ph, sh.r, prm.pad_h, prm.dilation_h, prm.stride_h, taps_r, dy);
-      phase_taps(pw, sh.s, prm.pad_w, prm.dilation_w, prm.stride_w, taps_s, dx);
+  for (int64_t ph = 0; ph < int64_t(row_phases.size()); ++ph)
+    for (int64_t pw = 0; pw < int64_t(column_phases.size()); ++pw) {
+      const std::vector<int64_t>& taps_r = row_phases[size_t(ph)].tap;
+      const std::vector<int64_t>& dy = row_phases[size_t(ph)].offset;
+      const std::vector<int64_t>& taps_s = column_phases[size_t(pw)].tap;
+      const std::vector<int64_t>& dx = column_phases[size_t(pw)].offset;
       const int64_t rows_h = (sh.h - ph + prm.stride_h - 1) / prm.stride_h;
       const int64_t rows_w = (sh.w - pw + prm.stride_w - 1) / prm.stride_w, rows = sh.n * rows_h * rows_w;
       if (taps_r.empty() || taps_s.empty() || rows == 0 || cg == 0) continue;
