@@ -21,6 +21,9 @@ template <class Args> struct KernelRecord {
   // others relative to its rivals (e.g. oneDNN's matmul vs anvil's decode path); null:
   // `priority` for every call.
   int (*priority_for)(const Args&) = nullptr;
+  // Ok if this machine has what the kernel needs beyond its backend (the CPU's ISA for a
+  // cpu variant), else why not; null: it runs wherever its backend does.
+  Status (*runs_here)() = nullptr;
 
   int priority_of(const Args& args) const { return priority_for ? priority_for(args) : priority; }
 };

@@ -495,7 +495,10 @@ std::vector<KernelInfo> kernels() {
   std::vector<KernelInfo> out;
   const auto& t = dispatch::tables();
   auto add = [&](Op op, const auto& table) {
-    for (const auto& r : table) out.push_back({r.name, op, r.backend, r.dtype, r.priority});
+    for (const auto& r : table) {
+      const Status here = r.runs_here ? r.runs_here() : Status::Ok();
+      out.push_back({r.name, op, r.backend, r.dtype, r.priority, here.ok(), here.ok() ? "" : here.message()});
+    }
   };
   add(Op::gemm, t.table<GemmArgs>());
   add(Op::gemm_backward, t.table<GemmBackwardArgs>());

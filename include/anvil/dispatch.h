@@ -20,6 +20,10 @@ struct KernelInfo {
   std::string backend;
   DType dtype;
   int priority;         // higher is tried first
+  // Whether this machine has what the kernel needs beyond its backend (BackendInfo), such
+  // as the ISA of a cpu variant (amx, avx512bf16); if not, why not.
+  bool runs_here = true;
+  std::string not_here;
 };
 
 // Every registered kernel, in selection order per op.

@@ -570,11 +570,15 @@ Status backward_can_implement(const AttentionBackwardArgs&) { return cpu_gemm::i
 
 void add_attention_kernels(dispatch::KernelTables& tables) {
   for (DType dtype : {DType::f32, DType::bf16, DType::f16}) {
-    tables.add(dispatch::KernelRecord<AttentionArgs>{dispatch::kernel_name(Op::attention, dtype, "cpu", "avx512"), "cpu",
-                                                     dtype, 100, &can_implement, &forward});
-    tables.add(dispatch::KernelRecord<AttentionBackwardArgs>{
+    dispatch::KernelRecord<AttentionArgs> forward_record{dispatch::kernel_name(Op::attention, dtype, "cpu", "avx512"),
+                                                         "cpu", dtype, 100, &can_implement, &forward};
+    forward_record.runs_here = &cpu_gemm::isa_runs_here<cpu_gemm::Isa::avx512>;
+    tables.add(forward_record);
+    dispatch::KernelRecord<AttentionBackwardArgs> backward_record{
         dispatch::kernel_name(Op::attention_backward, dtype, "cpu", "avx512"), "cpu", dtype, 100,
-        &backward_can_implement, &backward});
+        &backward_can_implement, &backward};
+    backward_record.runs_here = &cpu_gemm::isa_runs_here<cpu_gemm::Isa::avx512>;
+    tables.add(backward_record);
   }
 }
 

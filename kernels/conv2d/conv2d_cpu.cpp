@@ -851,10 +851,13 @@ template <Isa kIsa, int kPriority> void add_records(dispatch::KernelTables& tabl
   dispatch::KernelRecord<Conv2dArgs> forward_record{dispatch::kernel_name(Op::conv2d, dtype, "cpu", variant), "cpu",
                                                     dtype, kPriority, &forward_can_implement<kIsa>, &forward_run<kIsa>};
   forward_record.priority_for = &forward_priority<kIsa, kPriority>;
+  forward_record.runs_here = &cpu_gemm::isa_runs_here<kIsa>;
   tables.add(forward_record);
-  tables.add(dispatch::KernelRecord<Conv2dBackwardArgs>{dispatch::kernel_name(Op::conv2d_backward, dtype, "cpu", variant),
-                                                        "cpu", dtype, kPriority, &backward_can_implement<kIsa>,
-                                                        &backward_run<kIsa>});
+  dispatch::KernelRecord<Conv2dBackwardArgs> backward_record{
+      dispatch::kernel_name(Op::conv2d_backward, dtype, "cpu", variant), "cpu", dtype, kPriority,
+      &backward_can_implement<kIsa>, &backward_run<kIsa>};
+  backward_record.runs_here = &cpu_gemm::isa_runs_here<kIsa>;
+  tables.add(backward_record);
 }
 
 }  // namespace

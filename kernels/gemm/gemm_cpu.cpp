@@ -1074,10 +1074,13 @@ template <Isa kIsa> void add_records(dispatch::KernelTables& tables, DType dtype
   dispatch::KernelRecord<GemmArgs> forward{dispatch::kernel_name(Op::gemm, dtype, "cpu", variant), "cpu", dtype,
                                            priority, &gemm_can_implement<kIsa>, &gemm_run<kIsa>};
   if constexpr (kIsa == Isa::amx_bf16) forward.priority_for = &amx_priority_for;
+  forward.runs_here = &isa_runs_here<kIsa>;
   tables.add(std::move(forward));
-  tables.add(dispatch::KernelRecord<GemmBackwardArgs>{dispatch::kernel_name(Op::gemm_backward, dtype, "cpu", variant),
-                                                      "cpu", dtype, priority, &gemm_backward_can_implement<kIsa>,
-                                                      &gemm_backward_run<kIsa>});
+  dispatch::KernelRecord<GemmBackwardArgs> backward{dispatch::kernel_name(Op::gemm_backward, dtype, "cpu", variant),
+                                                    "cpu", dtype, priority, &gemm_backward_can_implement<kIsa>,
+                                                    &gemm_backward_run<kIsa>};
+  backward.runs_here = &isa_runs_here<kIsa>;
+  tables.add(std::move(backward));
 }
 
 }  // namespace

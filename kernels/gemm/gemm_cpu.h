@@ -151,5 +151,7 @@ const MicroKernel* kernel_for(Isa isa);
 // Ok, or "this CPU lacks <isa> (<what it has>)", or the OS's refusal of AMX: the records'
 // can_implement reason.
 Status isa_present(Isa isa);
+// KernelRecord::runs_here of a record built for kIsa.
+template <Isa kIsa> Status isa_runs_here() { return isa_present(kIsa); }
 
 }  // namespace anvil::cpu_gemm

@@ -99,7 +99,10 @@ Device device_of_kernel(const std::string& kernel_name) {
 Status kernel_available(const std::string& kernel_name) {
   const BackendInfo* b = backend_of_kernel(kernel_name);
   if (!b) return {StatusCode::not_found, "no kernel named " + kernel_name};
-  return b->available ? Status::Ok() : Status(StatusCode::unsupported, b->name + ": " + b->detail);
+  if (!b->available) return {StatusCode::unsupported, b->name + ": " + b->detail};
+  for (const KernelInfo& k : kernels())
+    if (k.name == kernel_name && !k.runs_here) return {StatusCode::unsupported, k.not_here};
+  return Status::Ok();
 }
 
 // ------------------------------------------------------------------ shape files

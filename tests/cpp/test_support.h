@@ -89,7 +89,8 @@ class DeviceCopy {
 
 // The memory a kernel's backend works on: host, or its backend's first device type.
 Device device_of_kernel(const std::string& kernel_name);
-// Ok if the kernel's backend can run here; else why not (the caller skips the test).
+// Ok if the kernel can run here (its backend available, and its CPU ISA present for a cpu
+// variant); else why not (the caller skips the test).
 Status kernel_available(const std::string& kernel_name);
 
 struct HarnessResult {
