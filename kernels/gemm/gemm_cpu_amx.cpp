@@ -15,17 +15,13 @@
 // >= n: every tile is whole, and the edges are masked in the epilogue only.
 // A may instead be read in place (Tile::a_stride, row-major bf16): the driver passes it only
 // for whole tiles (m = 32, kc a multiple of 32), so no tile row reaches past the matrix.
-#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ < 13
-// GCC 12's AVX-512 integer intrinsics start from a self-initialised "undefined" vector,
-// which -Wmaybe-uninitialized reports inside immintrin.h (GCC bug 105593).
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
 #include <immintrin.h>
 
 #include <array>
 #include <cstdint>
 
 #include "kernels/gemm/gemm_cpu.h"
+#include "kernels/gemm/gemm_cpu_bf16_avx512.h"
 
 namespace anvil::cpu_gemm {
 namespace {
@@ -127,21 +123,6 @@ inline __mmask16 column_mask(int n, int v) {
   return rest >= kVector ? __mmask16(0xFFFF) : rest <= 0 ? __mmask16(0) : __mmask16((1u << rest) - 1);
 }
 
-// to_bfloat16 of 16 floats: round to nearest even, NaN kept quiet; in the low 16 bits.
-inline __m512i bf16_bits(__m512 v) {
-  const __m512i u = _mm512_castps_si512(v);
-  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
-  const __m512i rounded = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), 16);
-  const __mmask16 nan =
-      _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)), _mm512_set1_epi32(0x7f800000));
-  return _mm512_mask_or_epi32(rounded, nan, _mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40));
-}
-
-inline __m512 load_bf16(__mmask16 mask, const bfloat16* p) {
-  const __m256i bits = _mm256_maskz_loadu_epi16(mask, p);
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
-}
-
 // v = alpha * acc (+ beta * C) (+ bias) (+ out_beta * out) from the tiles, through an f32
 // scratch (MR, NR), rows < m and columns < n only; stored to C, or rounded into out.
 template <int kRowTiles, int kColTiles>
@@ -166,7 +147,7 @@ inline void store_epilogue(const Tile& t) {
       }
       bfloat16* out = t.out + i * t.ld_out + kVector * v;
       if (t.out_beta != 0.0f) r = _mm512_fmadd_ps(out_beta, load_bf16(mask[v], out), r);
-      _mm256_mask_storeu_epi16(out, mask[v], _mm512_cvtepi32_epi16(bf16_bits(r)));
+      store_bf16(mask[v], out, r);
     }
   }
 }

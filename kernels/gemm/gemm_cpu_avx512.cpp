@@ -7,7 +7,9 @@
 //   (12, 32): a C row is 2 zmm. Per k step 2 B loads, 12 broadcasts, 24 FMAs (27 registers).
 //     For products whose columns it pads less (for_columns: n <= 32, 96, 160, ...), and
 //     for attention, whose blocks are tuned on it.
-// bf16: the (12, 32) tile over k pairs; one vdpbf16ps does two k steps.
+// bf16: the (12, 32) tile over k pairs; one vdpbf16ps does two k steps. It rounds a bf16
+// output in its epilogue (rounds_bf16), sparing the driver's f32 workspace where K fits one
+// k block.
 // A packed B sliver (KC, NR) outgrows L1 at KC 512 and streams from L2 while the tiles of
 // one column of C reuse it; its rows are prefetched 1 KiB ahead.
 #include <immintrin.h>
@@ -18,6 +20,7 @@
 #include <utility>
 
 #include "kernels/gemm/gemm_cpu.h"
+#include "kernels/gemm/gemm_cpu_bf16_avx512.h"
 
 namespace anvil::cpu_gemm {
 namespace {
@@ -123,23 +126,34 @@ struct TileKernels {
   // Whole aligned tiles of a C marked stream_c go straight to memory (non-temporal stores):
   // a 1x1 conv over 64 channels writes 25 MiB of output at 8 images, and its lines' reads
   // for ownership cost a sixth of the call.
+  // With t.out (bf16 kernels: MicroKernel::rounds_bf16), the sum (+ out_beta * out) is
+  // rounded once into the bf16 tile out instead, and C is only read (when beta != 0).
   template <int kRows>
   static void store(const Tile& t, const __mmask16* mask, __m512 (&acc)[kRows][kNV]) {
-    const __m512 alpha = _mm512_set1_ps(t.alpha), beta = _mm512_set1_ps(t.beta);
+    const __m512 alpha = _mm512_set1_ps(t.alpha), beta = _mm512_set1_ps(t.beta), out_beta = _mm512_set1_ps(t.out_beta);
     __m512 bias[kNV];
+    // Without a bias, add -0: the identity of addition, so alpha * acc == -0 stays -0.
     for (int v = 0; v < kNV; ++v)
-      bias[v] = t.bias ? _mm512_maskz_loadu_ps(mask[v], t.bias + kVector * v) : _mm512_setzero_ps();
-    const bool stream = t.stream_c && kRows == kMR && t.n == kNR &&
+      bias[v] = t.bias ? _mm512_maskz_loadu_ps(mask[v], t.bias + kVector * v) : _mm512_set1_ps(-0.0f);
+    const bool stream = t.stream_c && !t.out && kRows == kMR && t.n == kNR &&
                         ((reinterpret_cast<uintptr_t>(t.c) | uint64_t(t.ldc) * sizeof(float)) % 64) == 0;
 #pragma GCC unroll 12
     for (int i = 0; i < kRows; ++i) {
-      float* c = t.c + i * t.ldc;
+      // (C may be null when the result goes to out and beta is 0: no pointer into it then)
+      const auto c = [&t, i](int v) { return t.c + i * t.ldc + kVector * v; };
 #pragma GCC unroll 4
       for (int v = 0; v < kNV; ++v) {
         __m512 r = _mm512_fmadd_ps(alpha, acc[i][v], bias[v]);
-        if (t.beta != 0.0f) r = _mm512_fmadd_ps(beta, _mm512_maskz_loadu_ps(mask[v], c + kVector * v), r);
-        if (stream) _mm512_stream_ps(c + kVector * v, r);
-        else _mm512_mask_storeu_ps(c + kVector * v, mask[v], r);
+        if (t.beta != 0.0f) r = _mm512_fmadd_ps(beta, _mm512_maskz_loadu_ps(mask[v], c(v)), r);
+        if (t.out) {
+          bfloat16* out = t.out + i * t.ld_out + kVector * v;
+          if (t.out_beta != 0.0f) r = _mm512_fmadd_ps(out_beta, load_bf16(mask[v], out), r);
+          store_bf16(mask[v], out, r);
+        } else if (stream) {
+          _mm512_stream_ps(c(v), r);
+        } else {
+          _mm512_mask_storeu_ps(c(v), mask[v], r);
+        }
       }
     }
   }
@@ -189,7 +203,8 @@ using NarrowTile = TileKernels<12, 2>;
 
 constexpr MicroKernel kF32Narrow = NarrowTile::f32(nullptr);
 constexpr MicroKernel kF32 = WideTile::f32(&kF32Narrow);
-constexpr MicroKernel kBf16{"avx512bf16", 12, NarrowTile::kNR, true, {2, 2}, {2, 2}, &NarrowTile::tile<true>};
+constexpr MicroKernel kBf16{"avx512bf16", 12, NarrowTile::kNR, true, {2, 2}, {2, 2}, &NarrowTile::tile<true>,
+                            /*rounds_bf16=*/true};
 
 }  // namespace
 
