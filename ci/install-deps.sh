@@ -34,10 +34,14 @@ for p in "${pip_packages[@]}"; do
 done
 "$python3" -m pip show -q "$onednn_package" >/dev/null 2>&1 || pip_missing+=("$onednn_package==$onednn_version")
 # The cuda backend's SASS check needs cuobjdump; CUDA toolkits without it (as here) get it
-# from PyPI. Any 13.x reads the cubins nvcc 13.0 writes; pinned to the one tested.
+# from PyPI. Any 13.x reads the cubins nvcc 13.0 writes; pinned to the one tested. Its
+# -sass runs nvdisasm from its own directory ("Could not find executable file 'nvdisasm'"
+# without it), which PyPI ships separately.
 nvcc_bin=$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)
 if [ -x "$nvcc_bin" ] && [ ! -x "$(dirname "$nvcc_bin")/cuobjdump" ]; then
-  "$python3" -m pip show -q nvidia-cuda-cuobjdump >/dev/null 2>&1 || pip_missing+=(nvidia-cuda-cuobjdump==13.5.37)
+  for p in nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm; do
+    "$python3" -m pip show -q "$p" >/dev/null 2>&1 || pip_missing+=("$p==13.5.37")
+  done
 fi
 if ((${#pip_missing[@]})); then
   echo "install-deps: pip install ${pip_missing[*]}"

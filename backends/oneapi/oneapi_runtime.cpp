@@ -57,6 +57,42 @@ std::string describe() {
          (v->gpu_runtime == DNNL_RUNTIME_NONE ? "no GPU engine" : "with a GPU engine");
 }
 
+Status computes_in(DType dtype) {
+  static const std::array<Status, 3> probed = [] {
+    std::array<Status, 3> out;
+    const DType dtypes[3] = {DType::f32, DType::bf16, DType::f16};
+    for (int i = 0; i < 3; ++i) {
+      if (!available().ok()) {
+        out[size_t(i)] = available();
+        continue;
+      }
+      const dnnl::memory::desc one({1, 1}, data_type(dtypes[i]), dnnl::memory::format_tag::ab);
+      try {
+        dnnl::matmul::primitive_desc(engine(), one, one, one);
+      } catch (const dnnl::error&) {
+        out[size_t(i)] = unsupported(describe() + ": no " + dtype_name(dtypes[i]) + " matmul on this CPU");
+      }
+    }
+    return out;
+  }();
+  switch (dtype) {
+    case DType::f32: return probed[0];
+    case DType::bf16: return probed[1];
+    case DType::f16: return probed[2];
+    default: return unsupported(std::string("oneDNN computes no ") + dtype_name(dtype));
+  }
+}
+
+template <DType kDtype> Status computes_in_dtype() { return computes_in(kDtype); }
+
+RunsHere computes_in_for(DType dtype) {
+  switch (dtype) {
+    case DType::bf16: return &computes_in_dtype<DType::bf16>;
+    case DType::f16: return &computes_in_dtype<DType::f16>;
+    default: return &computes_in_dtype<DType::f32>;
+  }
+}
+
 dnnl::memory::data_type data_type(DType dtype) {
   using dt = dnnl::memory::data_type;
   switch (dtype) {

@@ -35,6 +35,15 @@ std::string describe();
 // primitives used here do not take.
 dnnl::memory::data_type data_type(DType dtype);
 
+// Ok if oneDNN's CPU engine computes in `dtype` on this CPU, else why not. oneDNN 3.2's
+// f16 matmul, convolution and eltwise need avx512_core_fp16 (Sapphire Rapids); on a CPU
+// without it (Zen 4) every f16 primitive descriptor fails. Probed once per dtype with a
+// 1x1x1 matmul.
+Status computes_in(DType dtype);
+// computes_in(dtype) as a KernelRecord::runs_here, for the records of that dtype.
+using RunsHere = Status (*)();
+RunsHere computes_in_for(DType dtype);
+
 // Up to 6 extents or strides, held inline: operands are built on every call, and a
 // heap allocation per operand would cost more than a small primitive's run.
 class Dims {

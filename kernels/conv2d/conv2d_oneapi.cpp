@@ -125,8 +125,8 @@ struct ForwardPlan {
   std::optional<Staging> bias;  // never reordered
 };
 
-Status can_implement(const Conv2dArgs&) { return oneapi::available(); }
-Status can_implement_backward(const Conv2dBackwardArgs&) { return oneapi::available(); }
+Status can_implement(const Conv2dArgs& args) { return oneapi::computes_in(args.output.dtype); }
+Status can_implement_backward(const Conv2dBackwardArgs& args) { return oneapi::computes_in(args.grad_output.dtype); }
 
 // out = bias (or 0) when the reduction over (C/G, R, S) is empty.
 Status write_bias_only(const Operand& out, const std::optional<TensorRef>& bias) {
@@ -285,11 +285,15 @@ Status backward_run(const Conv2dBackwardArgs& args) {
 void add_conv2d_kernels(dispatch::KernelTables& tables) {
   constexpr int kPriority = 120;
   for (DType dtype : {DType::f32, DType::bf16, DType::f16}) {
-    tables.add(dispatch::KernelRecord<Conv2dArgs>{dispatch::kernel_name(Op::conv2d, dtype, "oneapi", "conv"), "oneapi",
-                                                  dtype, kPriority, &can_implement, &forward_run});
-    tables.add(dispatch::KernelRecord<Conv2dBackwardArgs>{
+    dispatch::KernelRecord<Conv2dArgs> forward_record{dispatch::kernel_name(Op::conv2d, dtype, "oneapi", "conv"),
+                                                      "oneapi", dtype, kPriority, &can_implement, &forward_run};
+    forward_record.runs_here = oneapi::computes_in_for(dtype);
+    tables.add(forward_record);
+    dispatch::KernelRecord<Conv2dBackwardArgs> backward_record{
         dispatch::kernel_name(Op::conv2d_backward, dtype, "oneapi", "conv"), "oneapi", dtype, kPriority,
-        &can_implement_backward, &backward_run});
+        &can_implement_backward, &backward_run};
+    backward_record.runs_here = oneapi::computes_in_for(dtype);
+    tables.add(backward_record);
   }
 }
 

@@ -50,8 +50,8 @@ Operand matmul_ready(const Operand& op, oneapi::Workspace& ws) {
   return copy;
 }
 
-Status can_implement(const GemmArgs&) { return oneapi::available(); }
-Status can_implement_backward(const GemmBackwardArgs&) { return oneapi::available(); }
+Status can_implement(const GemmArgs& args) { return oneapi::computes_in(args.c.dtype); }
+Status can_implement_backward(const GemmBackwardArgs& args) { return oneapi::computes_in(args.grad_c.dtype); }
 
 // The calling thread's last call that ran as one matmul on the caller's own memory: the
 // same argument bytes (pointers included) run that primitive again with its memory
@@ -168,10 +168,13 @@ void add_gemm_kernels(dispatch::KernelTables& tables) {
     dispatch::KernelRecord<GemmArgs> forward_record{dispatch::kernel_name(Op::gemm, dtype, "oneapi", "matmul"),
                                                     "oneapi", dtype, 120, &can_implement, &gemm_run};
     if (dtype == DType::f32) forward_record.priority_for = &forward_priority;
+    forward_record.runs_here = oneapi::computes_in_for(dtype);
     tables.add(forward_record);
-    tables.add(dispatch::KernelRecord<GemmBackwardArgs>{dispatch::kernel_name(Op::gemm_backward, dtype, "oneapi", "matmul"),
-                                                        "oneapi", dtype, 120, &can_implement_backward,
-                                                        &gemm_backward_run});
+    dispatch::KernelRecord<GemmBackwardArgs> backward_record{
+        dispatch::kernel_name(Op::gemm_backward, dtype, "oneapi", "matmul"), "oneapi", dtype, 120,
+        &can_implement_backward, &gemm_backward_run};
+    backward_record.runs_here = oneapi::computes_in_for(dtype);
+    tables.add(backward_record);
   }
 }
 
