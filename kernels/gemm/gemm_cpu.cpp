@@ -40,10 +40,13 @@ namespace {
 
 constexpr int64_t kUnpackedMaxM = 4;
 // Up to this M, row-major f32 B that is not read with A in place is streamed unpacked: B is
-// read about once, and packing would write and read it again. Measured against packing
-// (M x 4096 x 4096, 2 threads, (6, 64) tile): 1.4x at M = 8, 1.3x at 12, 1.06x at 16,
-// 0.88x at 24 (each B row is then read by more tiles, ldb apart, than it costs to pack).
-constexpr int64_t kStreamBMaxM = 16;
+// read about once, and packing would write and read it again. Measured on Sapphire Rapids
+// against packing (M x 4096 x 4096, 2 threads, (6, 64) tile) with B prefetched rows ahead:
+// 1.4x at M = 8, 1.06x at 16, 0.88x at 24. With B prefetched along its rows into L2
+// (gemm_cpu_avx512.cpp), on Zen 4: 1.8x at M = 24, 1.7x at 32, 1.5x at 48, 1.2x at 64
+// (64x11008x4096 1.4x, 64x8192x8192 1.4x), level at N = 1024; 1.1-1.2x still at 96 and 128,
+// where C (M x N, passed once per short k block) outgrows L2, hence the limit.
+constexpr int64_t kStreamBMaxM = 64;
 // The k block of streamed B: short, so that the B rows one block spans (each ldb apart, a
 // page of its own for wide B) are few enough for the L2 streamer to follow all of them
 // while the tiles step along them, 256 bytes a tile. At KC 512 each tile read its 256
