@@ -161,7 +161,16 @@ Status gemm_backward_run(const GemmBackwardArgs& args) {
 // 512x4096x4096; not on 64x11008x4096, 0.68x), for bf16 by 3-6x (AMX) and for f16 by
 // 1.8-6x, but anvil's streamed-B path wins at M <= 16 (through torch.ops, 2026-11-28:
 // 1.83x at 4x4096x4096, 1.62x at 8, 1.24x at 16, 1.48-1.50x at 8 and 16 x 11008 x 4096).
-static int forward_priority(const GemmArgs& args) { return gemm_desc::shape_of(args).m <= 16 ? 95 : 120; }
+// With B prefetched along its rows, on Zen 4 (one process, calls alternating) it also wins
+// up to M = 64 where B is large: 4096x4096 1.54x at M = 32, 1.31x at 48, 1.18-1.22x at 64;
+// 1.06-1.16x at 48-64 x 2048 x 2048 and 64x4096x1024, 1.04x at 64x11008x4096; but 0.91x at
+// 32x1024x1024, whose B (4 MiB) stays in L3.
+constexpr int64_t kStreamedBMinBytes = int64_t(16) << 20;
+static int forward_priority(const GemmArgs& args) {
+  const auto shape = gemm_desc::shape_of(args);
+  const bool streams_b = shape.m <= 64 && shape.n * shape.k * int64_t(sizeof(float)) >= kStreamedBMinBytes;
+  return shape.m <= 16 || streams_b ? 95 : 120;
+}
 
 void add_gemm_kernels(dispatch::KernelTables& tables) {
   for (DType dtype : {DType::f32, DType::bf16, DType::f16}) {

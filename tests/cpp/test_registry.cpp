@@ -264,13 +264,20 @@ TEST(Registry, PrioritiesPerShapeClass) {
     return std::any_of(infos.begin(), infos.end(), [&](const BackendInfo& b) { return b.name == name && b.available; });
   };
   if (!usable("cpu") || !usable("oneapi")) GTEST_SKIP() << "needs the cpu and oneapi backends";
-  for (const auto& [m, expected] : {std::pair<int64_t, std::string>{1, "gemm.f32.cpu."}, {64, "gemm.f32.oneapi.matmul"}}) {
-    std::vector<float> a(size_t(m * 32), 1.0f), b(32 * 32, 1.0f), c(size_t(m * 32), NAN);
-    const GemmArgs args = gemm_args_row_major(DType::f32, Transpose::no, Transpose::no, m, 32, 32, 1.0, a.data(), 32,
-                                              b.data(), 32, 0.0, c.data(), 32);
+  // GEMM: the cpu kernel streams B (unpacked) for few rows: from 17 to 64 rows only where B
+  // is large (16 MiB and up).
+  struct GemmCase {
+    int64_t m, n, k;
+    std::string expected;
+  };
+  for (const GemmCase& g : {GemmCase{1, 32, 32, "gemm.f32.cpu."}, GemmCase{64, 32, 32, "gemm.f32.oneapi.matmul"},
+                            GemmCase{64, 4096, 1024, "gemm.f32.cpu."}, GemmCase{65, 4096, 1024, "gemm.f32.oneapi."}}) {
+    std::vector<float> a(size_t(g.m * g.k), 1.0f), b(size_t(g.k * g.n), 1.0f), c(size_t(g.m * g.n), NAN);
+    const GemmArgs args = gemm_args_row_major(DType::f32, Transpose::no, Transpose::no, g.m, g.n, g.k, 1.0, a.data(),
+                                              g.k, b.data(), g.n, 0.0, c.data(), g.n);
     std::string kernel;
     ASSERT_TRUE(select_kernel(args, &kernel).ok());
-    EXPECT_EQ(kernel.rfind(expected, 0), 0u) << "M=" << m << " chose " << kernel;
+    EXPECT_EQ(kernel.rfind(g.expected, 0), 0u) << g.m << "x" << g.n << "x" << g.k << " chose " << kernel;
     EXPECT_NE(explain(args).find("for this shape]"), std::string::npos) << explain(args);
   }
   // conv2d: the cpu kernel ranks above oneDNN where it runs with the weights as A (few
