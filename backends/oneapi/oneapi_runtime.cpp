@@ -218,9 +218,12 @@ void* Workspace::get(size_t bytes) {
 }
 
 namespace {
-// Below this many flops a second thread costs more than it gives (oneDNN matmul on 2
-// Sapphire Rapids cores: 32^3 runs in 1.9 us on one thread, 3.5 us on two; 64^3 breaks even).
-constexpr int64_t kSerialFlops = 1 << 20;
+// Below this many flops a second thread costs more than it gives. oneDNN matmul on 2
+// Sapphire Rapids cores: 32^3 runs in 1.9 us on one thread, 3.5 us on two; 64^3 breaks
+// even. On 2 Zen 4 cores (one process, alternating): one thread 1.5x faster at 24^3, 1.36x
+// at 32^3, even at 48^3; two threads 1.28x faster at 64^3 and 1.11x at 80^3 (with one, the
+// oneapi 64^3 GEMM ran at 0.74x oneDNN's own default of two threads).
+constexpr int64_t kSerialFlops = 1 << 18;
 
 // oneDNN's OpenMP runtime forks omp_get_max_threads() threads; hold it to anvil's budget
 // for the duration of one primitive, restoring the caller's setting even on a throw.
