@@ -57,7 +57,10 @@ constexpr int64_t kStreamBMaxM = 64;
 // 128: 16x4096 0.92-0.95.) Each k block costs a pass over C, which is small here.
 constexpr int64_t kStreamBKc = 96;
 constexpr int64_t kInPlaceMaxSlivers = 8;  // B slivers per block up to which A is read in place (a_in_place)
-constexpr int64_t kSerialFlops = 2 * 96 * 96 * 96;  // below this, an OpenMP fork costs more than a 2nd core gives
+// Below this many flops an OpenMP fork costs more than a second core gives. Measured on 2
+// Zen 4 cores (one process, alternating): one thread 1.22x faster at 32^3; two threads 1.3x
+// faster at 40^3, 1.5-1.7x at 48^3-80^3, 1.1x at 16x64x64 (it was 2 * 96^3).
+constexpr int64_t kSerialFlops = int64_t(3) << 15;
 // C of at least this many L2 sizes is stored past the caches once final (Tile::stream_c).
 // Measured (conv2d NHWC output, 2 threads, 2 MiB L2, anvil ÷ oneDNN with plain stores ->
 // streamed, one process): 25 MiB 1.05-1.2x faster; 6.4 MiB (res2 1x1 64 -> 64 at batch 8)
