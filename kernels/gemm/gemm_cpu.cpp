@@ -691,13 +691,22 @@ Status run_split_k(const Term& term, const Output& c, float alpha, float beta, c
 // columns many: with A transposed (packed), 1024x256x1024 ran 0.92x and 4096x128x1024 0.88x
 // the shared speed, 1024^3 1.0x.
 constexpr int64_t kSplitNMinColumnsPackingA = 512;  // per thread
+// bf16 pairs (the vdpbf16ps kernel) pack A by 32-bit word transposes (pack_a_sliver), cheap
+// enough that each thread packing all of A beats sharing packed blocks from this many rows
+// on: measured on Zen 4 (2 threads, one process), 1.06-1.15x at 256^3-768^3, 1.16-1.17x at
+// 1024x256x1024 and 4096x256x1024, 1.39x at 2048x128x2048, 1.14x at 256x512x4096, 1.08x at
+// 64x256x256; but 0.88x at 16x512x4096.
+constexpr int64_t kSplitNMinRowsBf16Pairs = 32;
 
 bool splits_n(const std::vector<Term>& terms, int64_t M, int64_t N, int threads, const MicroKernel& kernel) {
   if (threads < 2 || terms.size() != 1 || N < 2 * threads * kernel.nr) return false;
   const Term& t = terms[0];
   if (t.a.in_runs() || t.b.in_runs() || t.b.whole_slivers) return false;
   const int64_t columns = round_up((N + threads - 1) / threads, kernel.nr);  // per thread, at most
-  return reads_a_rows(t, M, columns, kernel) || columns >= kSplitNMinColumnsPackingA;
+  const bool packs_a_as_words = kernel.bf16 && kernel.a.group == 2 && t.a.dtype == DType::bf16 && t.a.col_stride == 1 &&
+                                t.a.row_stride % 2 == 0;  // (pack_a_sliver's word transposes)
+  return reads_a_rows(t, M, columns, kernel) || columns >= kSplitNMinColumnsPackingA ||
+         (packs_a_as_words && M >= kSplitNMinRowsBf16Pairs);
 }
 
 Status run_split_n(const Term& term, const Output& c, float alpha, float beta, const void* bias, int64_t bias_stride,
